@@ -1,0 +1,294 @@
+//! Interest: which key tags a node and each of its child links want.
+//!
+//! Every router keeps, per child link, the exact tag set the child advertised (so it can
+//! withdraw those tags when the child goes) and a quotient filter built from it (the
+//! forwarding table consulted for every multicast). Across its own interests and all child
+//! links it keeps a count per tag, so a tag is advertised upward when its count leaves 0 and
+//! withdrawn only when no child and not the node itself want it any more.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+use canopy_proto::v1::InterestDelta;
+
+use crate::{KeyTag, BROADCAST_TAG};
+
+/// Deterministic hashing, so runs with the same seed iterate maps in the same order.
+pub(crate) type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+pub(crate) type TagSet = HashSet<KeyTag, FixedState>;
+type TagCounts = HashMap<KeyTag, u32, FixedState>;
+
+/// Largest filter a link may grow to before it saturates (and forwards everything).
+const FILTER_MAX_CAPACITY: u64 = 1 << 24;
+const FILTER_INITIAL_CAPACITY: u64 = 64;
+
+/// A per-link quotient filter of wanted key tags. It may answer "yes" for a tag never
+/// inserted (a false positive costs one needless send) but never "no" for one that was.
+#[derive(Debug, Clone)]
+pub struct InterestFilter {
+    // None: the filter could not hold the set, so the link gets everything.
+    filter: Option<qfilter::Filter>,
+}
+
+impl InterestFilter {
+    /// An empty filter with the given false-positive rate at full size.
+    pub fn new(fp_rate: f64) -> Self {
+        let filter =
+            qfilter::Filter::new_resizeable(FILTER_INITIAL_CAPACITY, FILTER_MAX_CAPACITY, fp_rate)
+                .ok();
+        InterestFilter { filter }
+    }
+
+    /// Adds one occurrence of `tag`. Callers insert each distinct tag once and remove only
+    /// what they inserted, so colliding tags never cause a false negative.
+    pub fn insert(&mut self, tag: KeyTag) {
+        if let Some(filter) = &mut self.filter {
+            if filter.insert_fingerprint(true, tag).is_err() {
+                self.filter = None;
+            }
+        }
+    }
+
+    /// Removes one occurrence of `tag`.
+    pub fn remove(&mut self, tag: KeyTag) {
+        if let Some(filter) = &mut self.filter {
+            filter.remove_fingerprint(tag);
+        }
+    }
+
+    /// Whether the link may want `tag` (always true for the broadcast tag).
+    pub fn may_contain(&self, tag: KeyTag) -> bool {
+        if tag == BROADCAST_TAG {
+            return true;
+        }
+        match &self.filter {
+            Some(filter) => filter.contains_fingerprint(tag),
+            None => true,
+        }
+    }
+
+    /// Bytes of memory the filter uses.
+    pub fn memory_usage(&self) -> usize {
+        self.filter.as_ref().map_or(0, |f| f.memory_usage())
+    }
+}
+
+/// A node's aggregate interest: its own subscriptions plus its children's, with counts and
+/// the pending changes not yet advertised to the parent.
+#[derive(Debug, Clone, Default)]
+pub struct InterestTable {
+    own: TagSet,
+    counts: TagCounts,
+    pending_add: TagSet,
+    pending_remove: TagSet,
+}
+
+impl InterestTable {
+    /// Whether the node itself (not a child) wants `tag`.
+    pub fn wants_locally(&self, tag: KeyTag) -> bool {
+        self.own.contains(&tag)
+    }
+
+    /// The node's own subscriptions.
+    pub fn own(&self) -> impl Iterator<Item = KeyTag> + '_ {
+        self.own.iter().copied()
+    }
+
+    /// Whether anyone in the subtree (the node included) wants `tag`.
+    pub fn subtree_wants(&self, tag: KeyTag) -> bool {
+        self.counts.contains_key(&tag)
+    }
+
+    /// Number of distinct tags the subtree wants.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether the subtree wants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The node itself starts wanting `tag`. Returns false if it already did.
+    pub fn subscribe(&mut self, tag: KeyTag) -> bool {
+        if !self.own.insert(tag) {
+            return false;
+        }
+        self.increment(tag);
+        true
+    }
+
+    /// The node itself stops wanting `tag`. Returns false if it did not.
+    pub fn unsubscribe(&mut self, tag: KeyTag) -> bool {
+        if !self.own.remove(&tag) {
+            return false;
+        }
+        self.decrement(tag);
+        true
+    }
+
+    /// One more child link wants `tag`.
+    pub fn increment(&mut self, tag: KeyTag) {
+        let count = self.counts.entry(tag).or_insert(0);
+        *count += 1;
+        if *count == 1 && !self.pending_remove.remove(&tag) {
+            self.pending_add.insert(tag);
+        }
+    }
+
+    /// One child link fewer wants `tag`.
+    pub fn decrement(&mut self, tag: KeyTag) {
+        let Some(count) = self.counts.get_mut(&tag) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&tag);
+            if !self.pending_add.remove(&tag) {
+                self.pending_remove.insert(tag);
+            }
+        }
+    }
+
+    /// Whether changes are waiting to be advertised.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_add.is_empty() || !self.pending_remove.is_empty()
+    }
+
+    /// Takes the changes since the last delta or snapshot.
+    pub fn take_delta(&mut self) -> InterestDelta {
+        let mut add: Vec<KeyTag> = self.pending_add.drain().collect();
+        let mut remove: Vec<KeyTag> = self.pending_remove.drain().collect();
+        add.sort_unstable();
+        remove.sort_unstable();
+        InterestDelta { add, remove }
+    }
+
+    /// The whole wanted set, which also clears the pending changes (a snapshot supersedes
+    /// them).
+    pub fn take_snapshot(&mut self) -> Vec<KeyTag> {
+        self.pending_add.clear();
+        self.pending_remove.clear();
+        let mut tags: Vec<KeyTag> = self.counts.keys().copied().collect();
+        tags.sort_unstable();
+        tags
+    }
+}
+
+/// What a parent knows of one child link's interest: the exact set (to withdraw it when
+/// the link ends) and the filter built from it (to route).
+#[derive(Debug, Clone)]
+pub(crate) struct LinkInterest {
+    tags: TagSet,
+    filter: InterestFilter,
+}
+
+impl LinkInterest {
+    pub(crate) fn new(fp_rate: f64) -> Self {
+        LinkInterest {
+            tags: TagSet::default(),
+            filter: InterestFilter::new(fp_rate),
+        }
+    }
+
+    pub(crate) fn may_contain(&self, tag: KeyTag) -> bool {
+        self.filter.may_contain(tag)
+    }
+
+    pub(crate) fn contains_exactly(&self, tag: KeyTag) -> bool {
+        self.tags.contains(&tag)
+    }
+
+    /// Applies a delta from the child, updating the node's aggregate counts.
+    pub(crate) fn apply_delta(&mut self, delta: &InterestDelta, table: &mut InterestTable) {
+        for &tag in &delta.remove {
+            if self.tags.remove(&tag) {
+                self.filter.remove(tag);
+                table.decrement(tag);
+            }
+        }
+        for &tag in &delta.add {
+            if self.tags.insert(tag) {
+                self.filter.insert(tag);
+                table.increment(tag);
+            }
+        }
+    }
+
+    /// Replaces the link's set with a snapshot.
+    pub(crate) fn replace(&mut self, tags: &[KeyTag], fp_rate: f64, table: &mut InterestTable) {
+        self.clear(table);
+        self.filter = InterestFilter::new(fp_rate);
+        for &tag in tags {
+            if self.tags.insert(tag) {
+                self.filter.insert(tag);
+                table.increment(tag);
+            }
+        }
+    }
+
+    /// Withdraws the whole set from the aggregate (the link ended).
+    pub(crate) fn clear(&mut self, table: &mut InterestTable) {
+        for tag in self.tags.drain() {
+            table.decrement(tag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_leaves_advertisement_only_when_no_child_wants_it() {
+        let mut table = InterestTable::default();
+        let mut a = LinkInterest::new(0.01);
+        let mut b = LinkInterest::new(0.01);
+        a.apply_delta(&InterestDelta { add: vec![7], remove: vec![] }, &mut table);
+        b.apply_delta(&InterestDelta { add: vec![7], remove: vec![] }, &mut table);
+        assert_eq!(table.take_delta().add, vec![7]);
+        a.clear(&mut table);
+        let delta = table.take_delta();
+        assert!(delta.add.is_empty() && delta.remove.is_empty());
+        assert!(table.subtree_wants(7));
+        b.apply_delta(&InterestDelta { add: vec![], remove: vec![7] }, &mut table);
+        assert_eq!(table.take_delta().remove, vec![7]);
+        assert!(!table.subtree_wants(7));
+    }
+
+    #[test]
+    fn add_then_remove_before_advertising_cancels_out() {
+        let mut table = InterestTable::default();
+        table.subscribe(5);
+        table.unsubscribe(5);
+        assert!(!table.has_pending());
+    }
+
+    #[test]
+    fn filter_has_no_false_negatives_after_removing_colliding_tags() {
+        let mut filter = InterestFilter::new(0.5);
+        let tags: Vec<u64> = (1..2000u64).map(crate::node_tag).collect();
+        for &t in &tags {
+            filter.insert(t);
+        }
+        for &t in tags.iter().step_by(2) {
+            filter.remove(t);
+        }
+        for &t in tags.iter().skip(1).step_by(2) {
+            assert!(filter.may_contain(t));
+        }
+    }
+
+    #[test]
+    fn snapshot_replaces_link_set_and_withdraws_the_old_one() {
+        let mut table = InterestTable::default();
+        let mut link = LinkInterest::new(0.01);
+        link.replace(&[1, 2, 3], 0.01, &mut table);
+        table.take_delta();
+        link.replace(&[3, 4], 0.01, &mut table);
+        let delta = table.take_delta();
+        assert_eq!(delta.add, vec![4]);
+        assert_eq!(delta.remove, vec![1, 2]);
+        assert!(link.may_contain(4) && link.contains_exactly(3) && !link.contains_exactly(1));
+    }
+}

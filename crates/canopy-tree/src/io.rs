@@ -1,0 +1,110 @@
+//! What goes into a node and what comes out of it.
+
+use bytes::Bytes;
+use canopy_proto::v1::Multicast;
+use canopy_proto::ControlMessage;
+
+use crate::{KeyTag, NodeId, Time};
+
+/// Something that happened to a node.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Begin: the root starts serving, every other node asks the root for a parent.
+    Start,
+    /// A message arrived from `from` (authenticated by the transport).
+    Message { from: NodeId, msg: ControlMessage },
+    /// A wake-up the node asked for with [`Output::WakeAt`] is due.
+    Tick,
+    /// The application wants multicasts with this key tag.
+    Subscribe(KeyTag),
+    /// The application no longer wants this key tag.
+    Unsubscribe(KeyTag),
+    /// The application publishes a sealed payload under a key tag.
+    Publish { key_tag: KeyTag, payload: Bytes },
+    /// Leave the tree gracefully: tell the parent and the children.
+    Leave,
+    /// The transport lost its connection to a peer (the node treats the link as dead).
+    LinkClosed { peer: NodeId },
+}
+
+/// Something the driver must do for the node.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send a message to a peer (the driver resolves the address, see
+    /// [`crate::Node::peer_address`]).
+    Send { to: NodeId, msg: ControlMessage },
+    /// Call `handle(Input::Tick, ..)` at (or after) this time. A later request supersedes an
+    /// earlier one only if it is sooner; spurious ticks are harmless.
+    WakeAt(Time),
+    /// A multicast this node wants, for the application. Never the node's own publish.
+    Deliver(Multicast),
+    /// A state change worth logging or counting.
+    Event(TreeEvent),
+}
+
+/// Why a child stopped being a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// No heartbeat within the child timeout.
+    Timeout,
+    /// The child said it is leaving (or moved to another parent).
+    Left,
+    /// This node culled it to rebalance the tree.
+    Culled,
+    /// The transport closed the link.
+    LinkClosed,
+    /// The root adopted it elsewhere.
+    Reassigned,
+}
+
+/// Why a message was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The sender is neither the parent nor a child.
+    NotANeighbour,
+    /// The message is not one this role accepts (e.g. a join request at a router).
+    UnexpectedMessage,
+    /// A required field is missing or invalid.
+    Malformed,
+    /// An assignment older than one already obeyed.
+    StaleAssignment,
+}
+
+/// State changes, for logs, metrics and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TreeEvent {
+    /// A join request went to the root (attempt counts from 0).
+    JoinSent { root: NodeId, attempt: u32 },
+    /// The node obeyed an assignment and attached to a parent.
+    ParentChanged {
+        parent: NodeId,
+        previous: Option<NodeId>,
+    },
+    /// The parent went silent or left; the node rejoins through the root.
+    Orphaned { previous: NodeId },
+    /// A child was adopted on the root's instruction.
+    ChildAdopted { child: NodeId },
+    /// A child is gone.
+    ChildRemoved {
+        child: NodeId,
+        reason: RemovalReason,
+    },
+    /// A message was ignored.
+    Dropped {
+        from: NodeId,
+        kind: &'static str,
+        reason: DropReason,
+    },
+    /// The topology epoch seen from above changed (catch-up should run).
+    EpochChanged { epoch: u64 },
+    /// The root placed a joiner under a parent.
+    Placed {
+        node: NodeId,
+        parent: NodeId,
+        assignment_id: u64,
+    },
+    /// A cull was sent (to a child router) or carried out (on own clients).
+    Culled { count: u64 },
+    /// A publish could not go up because the node has no parent right now.
+    PublishedWhileDetached,
+}

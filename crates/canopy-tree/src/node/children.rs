@@ -1,0 +1,266 @@
+//! The parent side of tree links: adopting, attaching, culling and dropping children.
+
+use canopy_proto::v1::{
+    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect,
+    InterestSnapshot, Reattach, SubtreeSize,
+};
+use canopy_proto::Body;
+use rand::seq::SliceRandom;
+
+use super::{ChildInfo, Node};
+use crate::interest::LinkInterest;
+use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
+use crate::{NodeId, Role, Time};
+
+#[derive(Debug, Clone)]
+pub(super) struct ChildLink {
+    pub(super) role: Role,
+    pub(super) address: String,
+    pub(super) assignment_id: u64,
+    pub(super) attached: bool,
+    pub(super) last_heard: Time,
+    pub(super) subtree: SubtreeSize,
+    pub(super) interest: LinkInterest,
+}
+
+impl ChildLink {
+    pub(super) fn info(&self, id: NodeId) -> ChildInfo {
+        ChildInfo {
+            id,
+            role: self.role,
+            attached: self.attached,
+            assignment_id: self.assignment_id,
+            subtree_clients: self.subtree.clients,
+            subtree_routers: self.subtree.routers,
+        }
+    }
+}
+
+impl Node {
+    pub(super) fn on_adopt(
+        &mut self,
+        from: NodeId,
+        adopt: AdoptChild,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.is_root_candidate(from) || !self.role.is_router() {
+            self.dropped(from, "adopt_child", DropReason::UnexpectedMessage, out);
+            return;
+        }
+        let Some(role) = Role::from_proto(adopt.role).filter(|r| *r != Role::Root) else {
+            self.dropped(from, "adopt_child", DropReason::Malformed, out);
+            return;
+        };
+        if adopt.child_id == self.id || self.parent() == Some(adopt.child_id) {
+            self.dropped(from, "adopt_child", DropReason::Malformed, out);
+            return;
+        }
+        self.adopt(adopt.child_id, role, adopt.address, adopt.assignment_id, now, out);
+    }
+
+    /// Takes `child` on under `assignment_id` and tells it so.
+    pub(super) fn adopt(
+        &mut self,
+        child: NodeId,
+        role: Role,
+        address: String,
+        assignment_id: u64,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let fp_rate = self.config.filter_fp_rate;
+        match self.children.get_mut(&child) {
+            Some(link) if link.assignment_id > assignment_id => {
+                self.dropped(child, "adopt_child", DropReason::StaleAssignment, out);
+                return;
+            }
+            Some(link) if link.assignment_id == assignment_id => {}
+            Some(link) => {
+                link.interest.clear(&mut self.interest);
+                link.assignment_id = assignment_id;
+                link.attached = false;
+                link.last_heard = now;
+                link.role = role;
+                link.address = address;
+                link.subtree = SubtreeSize::default();
+                self.schedule_interest_flush(now);
+            }
+            None => {
+                self.children.insert(
+                    child,
+                    ChildLink {
+                        role,
+                        address,
+                        assignment_id,
+                        attached: false,
+                        last_heard: now,
+                        subtree: SubtreeSize::default(),
+                        interest: LinkInterest::new(fp_rate),
+                    },
+                );
+                out.push(Output::Event(TreeEvent::ChildAdopted { child }));
+            }
+        }
+        let assign = AssignParent {
+            child_id: child,
+            parent_id: self.id,
+            parent_address: self.address.clone(),
+            assignment_id,
+            topology_epoch: self.epoch,
+        };
+        self.send(child, Body::AssignParent(assign), out);
+    }
+
+    pub(super) fn on_reattach(
+        &mut self,
+        from: NodeId,
+        reattach: Reattach,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let fp_rate = self.config.filter_fp_rate;
+        let Some(link) = self.children.get_mut(&from) else {
+            self.dropped(from, "reattach", DropReason::NotANeighbour, out);
+            self.tell_not_a_neighbour(from, true, out);
+            return;
+        };
+        if reattach.node_id != from {
+            self.dropped(from, "reattach", DropReason::Malformed, out);
+            return;
+        }
+        if reattach.assignment_id < link.assignment_id {
+            self.dropped(from, "reattach", DropReason::StaleAssignment, out);
+            return;
+        }
+        link.assignment_id = reattach.assignment_id;
+        link.attached = true;
+        link.subtree = reattach.subtree.unwrap_or_default();
+        let tags = reattach.interest.map(|s| s.tags).unwrap_or_default();
+        link.interest.replace(&tags, fp_rate, &mut self.interest);
+        self.schedule_interest_flush(now);
+    }
+
+    pub(super) fn on_snapshot(
+        &mut self,
+        from: NodeId,
+        snapshot: InterestSnapshot,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let fp_rate = self.config.filter_fp_rate;
+        match self.children.get_mut(&from) {
+            Some(link) if link.attached => {
+                link.interest
+                    .replace(&snapshot.tags, fp_rate, &mut self.interest);
+                self.schedule_interest_flush(now);
+            }
+            _ => self.dropped(from, "interest_snapshot", DropReason::NotANeighbour, out),
+        }
+    }
+
+    /// Drops children not heard from within the child timeout.
+    pub(super) fn evict_silent_children(&mut self, now: Time, out: &mut Vec<Output>) {
+        let timeout = self.config.child_timeout;
+        let silent: Vec<NodeId> = self
+            .children
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_heard) > timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for child in silent {
+            self.remove_child(child, RemovalReason::Timeout, now, out);
+        }
+    }
+
+    /// Forgets a child, withdraws its interest and tells the root.
+    pub(super) fn remove_child(
+        &mut self,
+        child: NodeId,
+        reason: RemovalReason,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(mut link) = self.children.remove(&child) else {
+            return;
+        };
+        link.interest.clear(&mut self.interest);
+        self.schedule_interest_flush(now);
+        out.push(Output::Event(TreeEvent::ChildRemoved { child, reason }));
+        if self.root.is_some() {
+            self.root_forget(child, self.id, link.assignment_id, now);
+        } else if let Some(leader) = self.leader() {
+            let report = ChildRemoved {
+                parent_id: self.id,
+                child_id: child,
+                assignment_id: link.assignment_id,
+            };
+            let to = leader.id;
+            self.send(to, Body::ChildRemoved(report), out);
+        }
+    }
+
+    pub(super) fn tell_not_a_neighbour(&self, to: NodeId, rejoin: bool, out: &mut Vec<Output>) {
+        let disconnect = Disconnect {
+            sender_id: self.id,
+            reason: Reason::NotANeighbour as i32,
+            rejoin,
+        };
+        self.send(to, Body::Disconnect(disconnect), out);
+    }
+
+    /// Disconnects `count` clients of this subtree: own clients first (chosen at random),
+    /// the rest split over child routers, largest subtrees first.
+    pub(super) fn cull(&mut self, count: u64, now: Time, out: &mut Vec<Output>) {
+        let mut own: Vec<NodeId> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.role == Role::Client)
+            .map(|(&id, _)| id)
+            .collect();
+        own.shuffle(&mut self.rng);
+        let take = own.len().min(usize::try_from(count).unwrap_or(usize::MAX));
+        for &client in &own[..take] {
+            let disconnect = Disconnect {
+                sender_id: self.id,
+                reason: Reason::Culled as i32,
+                rejoin: true,
+            };
+            self.send(client, Body::Disconnect(disconnect), out);
+            self.remove_child(client, RemovalReason::Culled, now, out);
+        }
+        let mut remaining = count - take as u64;
+        if take > 0 {
+            out.push(Output::Event(TreeEvent::Culled { count: take as u64 }));
+        }
+        let mut routers: Vec<(u64, NodeId)> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.role == Role::Router && c.attached && c.subtree.clients > 0)
+            .map(|(&id, c)| (c.subtree.clients, id))
+            .collect();
+        routers.sort_unstable_by(|a, b| b.cmp(a));
+        for (clients, router) in routers {
+            if remaining == 0 {
+                break;
+            }
+            let share = remaining.min(clients);
+            remaining -= share;
+            self.send(router, Body::Cull(Cull { count: share }), out);
+            out.push(Output::Event(TreeEvent::Culled { count: share }));
+        }
+    }
+
+    pub(super) fn on_cull(&mut self, from: NodeId, count: u64, now: Time, out: &mut Vec<Output>) {
+        if self.parent() != Some(from) && !self.is_root_candidate(from) {
+            self.dropped(from, "cull", DropReason::NotANeighbour, out);
+            return;
+        }
+        self.cull(count, now, out);
+    }
+
+    /// Children the node keeps, routers first (used when leaving).
+    pub(super) fn child_ids(&self) -> Vec<NodeId> {
+        self.children.keys().copied().collect()
+    }
+}

@@ -1,0 +1,302 @@
+//! The child side of tree links (joining, obeying assignments, heartbeats, orphaning) and
+//! the link-level messages both sides share.
+
+use canopy_proto::v1::{
+    disconnect::Reason, AssignParent, Disconnect, Heartbeat, InterestSnapshot, JoinRequest,
+    NotLeader, Reattach,
+};
+use canopy_proto::Body;
+use rand::Rng;
+
+use super::{JoinState, Node, ParentLink};
+use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
+use crate::{NodeId, Time};
+
+impl Node {
+    /// Starts (or restarts) asking the root for a parent.
+    pub(super) fn begin_join(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.joining = Some(JoinState {
+            attempt: 0,
+            retry_at: now + self.join_backoff(0),
+        });
+        self.send_join(0, out);
+    }
+
+    pub(super) fn resend_join(&mut self, now: Time, out: &mut Vec<Output>) {
+        let attempt = self.joining.as_ref().map_or(0, |j| j.attempt) + 1;
+        // A silent candidate may be down: try the next one.
+        if !self.roots.is_empty() {
+            self.leader_index = (self.leader_index + 1) % self.roots.len();
+        }
+        self.joining = Some(JoinState {
+            attempt,
+            retry_at: now + self.join_backoff(attempt),
+        });
+        self.send_join(attempt, out);
+    }
+
+    /// Exponential backoff with jitter, so orphans of one failure do not retry in lockstep.
+    fn join_backoff(&mut self, attempt: u32) -> Time {
+        let base = self
+            .config
+            .join_timeout
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.config.join_backoff_max);
+        base.mul_f64(1.0 + 0.5 * self.rng.random::<f64>())
+    }
+
+    fn send_join(&mut self, attempt: u32, out: &mut Vec<Output>) {
+        let Some(root) = self.leader().map(|r| r.id) else {
+            return;
+        };
+        let request = JoinRequest {
+            node_id: self.id,
+            role: self.role.to_proto() as i32,
+            region: self.region.clone(),
+            address: self.address.clone(),
+            attempt,
+            subtree: Some(self.subtree()),
+        };
+        self.send(root, Body::JoinRequest(request), out);
+        out.push(Output::Event(TreeEvent::JoinSent { root, attempt }));
+    }
+
+    pub(super) fn on_not_leader(
+        &mut self,
+        from: NodeId,
+        redirect: NotLeader,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if self.joining.is_none() || self.leader().map(|r| r.id) != Some(from) {
+            self.dropped(from, "not_leader", DropReason::UnexpectedMessage, out);
+            return;
+        }
+        if let Some(index) = self
+            .roots
+            .iter()
+            .position(|r| r.id == redirect.leader_hint)
+        {
+            self.leader_index = index;
+            self.joining = Some(JoinState {
+                attempt: 0,
+                retry_at: now + self.config.join_timeout,
+            });
+            self.send_join(0, out);
+        }
+    }
+
+    pub(super) fn on_assign(
+        &mut self,
+        from: NodeId,
+        assign: AssignParent,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if assign.parent_id != from || assign.child_id != self.id || self.role.is_root() {
+            self.dropped(from, "assign_parent", DropReason::Malformed, out);
+            return;
+        }
+        if self.children.contains_key(&from) {
+            // Obeying would close a cycle; the root will place us again.
+            self.dropped(from, "assign_parent", DropReason::Malformed, out);
+            self.tell_not_a_neighbour(from, false, out);
+            return;
+        }
+        if assign.assignment_id <= self.best_assignment {
+            // A false parent: make it drop us rather than wait for its timeout.
+            self.dropped(from, "assign_parent", DropReason::StaleAssignment, out);
+            if self.parent() != Some(from) {
+                self.tell_not_a_neighbour(from, false, out);
+            }
+            return;
+        }
+        self.best_assignment = assign.assignment_id;
+        let previous = self.parent.take();
+        if let Some(old) = previous.as_ref().filter(|p| p.id != from) {
+            let goodbye = Disconnect {
+                sender_id: self.id,
+                reason: Reason::Leaving as i32,
+                rejoin: false,
+            };
+            self.send(old.id, Body::Disconnect(goodbye), out);
+        }
+        self.parent = Some(ParentLink {
+            id: from,
+            address: assign.parent_address,
+            assignment_id: assign.assignment_id,
+            last_heard: now,
+        });
+        self.joining = None;
+        self.interest_flush_at = None;
+        self.observe_epoch(assign.topology_epoch, out);
+        let reattach = Reattach {
+            node_id: self.id,
+            role: self.role.to_proto() as i32,
+            assignment_id: assign.assignment_id,
+            subtree: Some(self.subtree()),
+            interest: Some(InterestSnapshot {
+                tags: self.interest.take_snapshot(),
+            }),
+        };
+        self.send(from, Body::Reattach(reattach), out);
+        out.push(Output::Event(TreeEvent::ParentChanged {
+            parent: from,
+            previous: previous.map(|p| p.id),
+        }));
+    }
+
+    fn observe_epoch(&mut self, epoch: u64, out: &mut Vec<Output>) {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            out.push(Output::Event(TreeEvent::EpochChanged { epoch }));
+        }
+    }
+
+    /// Any message from a neighbour shows it is alive.
+    pub(super) fn refresh_neighbour(&mut self, from: NodeId, now: Time) {
+        if let Some(parent) = self.parent.as_mut().filter(|p| p.id == from) {
+            parent.last_heard = now;
+        } else if let Some(child) = self.children.get_mut(&from) {
+            child.last_heard = now;
+        }
+    }
+
+    pub(super) fn on_heartbeat(
+        &mut self,
+        from: NodeId,
+        hb: Heartbeat,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if self.parent() == Some(from) {
+            self.observe_epoch(hb.topology_epoch, out);
+            return;
+        }
+        let Some(link) = self.children.get_mut(&from) else {
+            self.dropped(from, "heartbeat", DropReason::NotANeighbour, out);
+            // The sender thinks we are its parent (it reports a subtree) or its child.
+            self.tell_not_a_neighbour(from, hb.subtree.is_some(), out);
+            return;
+        };
+        if !link.attached {
+            self.dropped(from, "heartbeat", DropReason::UnexpectedMessage, out);
+            return;
+        }
+        if let Some(subtree) = hb.subtree {
+            link.subtree = subtree;
+        }
+        if let Some(delta) = hb.interest {
+            link.interest.apply_delta(&delta, &mut self.interest);
+            self.schedule_interest_flush(now);
+        }
+    }
+
+    /// Heartbeats to the parent (with subtree size and interest changes) and to each child
+    /// (with the topology epoch).
+    pub(super) fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
+        self.send_parent_heartbeat(out);
+        for (&child, link) in &self.children {
+            let hb = Heartbeat {
+                sender_id: self.id,
+                subtree: None,
+                topology_epoch: self.epoch,
+                interest: None,
+                assignment_id: link.assignment_id,
+            };
+            out.push(Output::Send {
+                to: child,
+                msg: canopy_proto::ControlMessage::new(Body::Heartbeat(hb)),
+            });
+        }
+    }
+
+    pub(super) fn send_parent_heartbeat(&mut self, out: &mut Vec<Output>) {
+        let Some(parent) = &self.parent else {
+            return;
+        };
+        let (to, assignment_id) = (parent.id, parent.assignment_id);
+        let interest = self
+            .interest
+            .has_pending()
+            .then(|| self.interest.take_delta());
+        let hb = Heartbeat {
+            sender_id: self.id,
+            subtree: Some(self.subtree()),
+            topology_epoch: self.epoch,
+            interest,
+            assignment_id,
+        };
+        self.send(to, Body::Heartbeat(hb), out);
+    }
+
+    pub(super) fn check_parent_timeout(&mut self, now: Time, out: &mut Vec<Output>) {
+        let timed_out = self
+            .parent
+            .as_ref()
+            .is_some_and(|p| now.saturating_sub(p.last_heard) > self.config.parent_timeout);
+        if timed_out {
+            self.orphan(now, out);
+        }
+    }
+
+    /// Loses the parent and rejoins through the root, keeping the subtree.
+    pub(super) fn orphan(&mut self, now: Time, out: &mut Vec<Output>) {
+        if let Some(previous) = self.parent.take() {
+            out.push(Output::Event(TreeEvent::Orphaned {
+                previous: previous.id,
+            }));
+        }
+        if self.joining.is_none() {
+            self.begin_join(now, out);
+        }
+    }
+
+    pub(super) fn on_disconnect(
+        &mut self,
+        from: NodeId,
+        disconnect: Disconnect,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if self.parent() == Some(from) {
+            self.orphan(now, out);
+        } else if self.children.contains_key(&from) {
+            let reason = if disconnect.reason == Reason::Culled as i32 {
+                RemovalReason::Culled
+            } else {
+                RemovalReason::Left
+            };
+            self.remove_child(from, reason, now, out);
+        } else {
+            self.dropped(from, "disconnect", DropReason::NotANeighbour, out);
+        }
+    }
+
+    pub(super) fn on_link_closed(&mut self, peer: NodeId, now: Time, out: &mut Vec<Output>) {
+        if self.parent() == Some(peer) {
+            self.orphan(now, out);
+        } else if self.children.contains_key(&peer) {
+            self.remove_child(peer, RemovalReason::LinkClosed, now, out);
+        }
+    }
+
+    /// Leaves for good: the parent forgets us, the children rejoin elsewhere.
+    pub(super) fn leave(&mut self, out: &mut Vec<Output>) {
+        let goodbye = |rejoin| Disconnect {
+            sender_id: self.id,
+            reason: Reason::Leaving as i32,
+            rejoin,
+        };
+        if let Some(parent) = self.parent() {
+            self.send(parent, Body::Disconnect(goodbye(false)), out);
+        }
+        for child in self.child_ids() {
+            self.send(child, Body::Disconnect(goodbye(true)), out);
+        }
+        self.parent = None;
+        self.joining = None;
+        self.children.clear();
+        self.left = true;
+    }
+}

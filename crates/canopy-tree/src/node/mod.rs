@@ -1,0 +1,365 @@
+//! One tree node: its state, the input dispatcher and the timers.
+
+mod children;
+mod membership;
+mod root;
+mod routing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use canopy_proto::v1::SubtreeSize;
+use canopy_proto::{Body, ControlMessage};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::interest::{FixedState, InterestTable};
+use crate::io::{DropReason, Input, Output, TreeEvent};
+use crate::{node_tag, KeyTag, NodeId, Role, Time, TreeConfig, TreeView};
+
+use children::ChildLink;
+use root::RootState;
+
+/// A root candidate a node can send join requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootCandidate {
+    pub id: NodeId,
+    /// Where it accepts connections ("host:port"); empty in the simulator.
+    pub address: String,
+}
+
+/// What a node knows of one child, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    pub id: NodeId,
+    pub role: Role,
+    /// The child has attached (sent its snapshot); only attached children get multicasts.
+    pub attached: bool,
+    pub assignment_id: u64,
+    /// Subtree size the child last reported.
+    pub subtree_clients: u64,
+    pub subtree_routers: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ParentLink {
+    id: NodeId,
+    address: String,
+    assignment_id: u64,
+    last_heard: Time,
+}
+
+#[derive(Debug, Clone)]
+struct JoinState {
+    attempt: u32,
+    retry_at: Time,
+}
+
+/// A tree node as a sans-IO state machine. See the crate documentation.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    role: Role,
+    region: String,
+    address: String,
+    config: Arc<TreeConfig>,
+    roots: Arc<[RootCandidate]>,
+    /// Index into `roots` of the candidate believed to lead.
+    leader_index: usize,
+    rng: SmallRng,
+    started: bool,
+    left: bool,
+    parent: Option<ParentLink>,
+    joining: Option<JoinState>,
+    /// Highest assignment id obeyed: older `AssignParent`s are ignored.
+    best_assignment: u64,
+    epoch: u64,
+    children: BTreeMap<NodeId, ChildLink>,
+    interest: InterestTable,
+    next_heartbeat: Time,
+    interest_flush_at: Option<Time>,
+    requested_wake: Option<Time>,
+    origin_seq: u64,
+    key_seqs: HashMap<KeyTag, u64, FixedState>,
+    root: Option<Box<RootState>>,
+}
+
+impl Node {
+    /// A node that has not started yet. `roots` lists the root candidates (the root itself
+    /// is one of them); `seed` seeds the node's only source of randomness.
+    pub fn new(
+        id: NodeId,
+        role: Role,
+        region: impl Into<String>,
+        address: impl Into<String>,
+        config: Arc<TreeConfig>,
+        roots: Arc<[RootCandidate]>,
+        seed: u64,
+    ) -> Node {
+        Node {
+            id,
+            role,
+            region: region.into(),
+            address: address.into(),
+            config,
+            roots,
+            leader_index: 0,
+            rng: SmallRng::seed_from_u64(seed),
+            started: false,
+            left: false,
+            parent: None,
+            joining: None,
+            best_assignment: 0,
+            epoch: 0,
+            children: BTreeMap::new(),
+            interest: InterestTable::default(),
+            next_heartbeat: Time::ZERO,
+            interest_flush_at: None,
+            requested_wake: None,
+            origin_seq: 0,
+            key_seqs: HashMap::default(),
+            root: None,
+        }
+    }
+
+    /// Feeds one input at time `now` and returns what the driver must do.
+    pub fn handle(&mut self, input: Input, now: Time) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.handle_into(input, now, &mut out);
+        out
+    }
+
+    /// Like [`Node::handle`], appending to a caller-owned buffer (no allocation per call).
+    pub fn handle_into(&mut self, input: Input, now: Time, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
+        match input {
+            Input::Start => self.start(now, out),
+            Input::Subscribe(tag) => {
+                if self.interest.subscribe(tag) {
+                    self.schedule_interest_flush(now);
+                }
+            }
+            Input::Unsubscribe(tag) => {
+                // A node never stops wanting its own id tag.
+                if tag != node_tag(self.id) && self.interest.unsubscribe(tag) {
+                    self.schedule_interest_flush(now);
+                }
+            }
+            _ if !self.started => {}
+            Input::Message { from, msg } => self.on_message(from, msg, now, out),
+            Input::Tick => self.on_tick(now, out),
+            Input::Publish { key_tag, payload } => self.publish(key_tag, payload, out),
+            Input::Leave => {
+                self.leave(out);
+                return;
+            }
+            Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
+        }
+        self.request_wake(out);
+    }
+
+    fn start(&mut self, now: Time, out: &mut Vec<Output>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.interest.subscribe(node_tag(self.id));
+        let interval = self.config.heartbeat_interval;
+        self.next_heartbeat = now + interval.mul_f64(self.rng.random::<f64>());
+        if self.role == Role::Root {
+            self.epoch = 1;
+            self.root = Some(Box::new(RootState::new(self, now)));
+        } else {
+            self.begin_join(now, out);
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: ControlMessage, now: Time, out: &mut Vec<Output>) {
+        let kind = msg.kind();
+        let Some(body) = msg.body else {
+            self.dropped(from, kind, DropReason::Malformed, out);
+            return;
+        };
+        self.refresh_neighbour(from, now);
+        match body {
+            Body::JoinRequest(req) => self.root_on_join(from, req, now, out),
+            Body::NotLeader(redirect) => self.on_not_leader(from, redirect, now, out),
+            Body::AdoptChild(adopt) => self.on_adopt(from, adopt, now, out),
+            Body::AssignParent(assign) => self.on_assign(from, assign, now, out),
+            Body::Reattach(reattach) => self.on_reattach(from, reattach, now, out),
+            Body::Heartbeat(hb) => self.on_heartbeat(from, hb, now, out),
+            Body::InterestSnapshot(snapshot) => self.on_snapshot(from, snapshot, now, out),
+            Body::Cull(cull) => self.on_cull(from, cull.count, now, out),
+            Body::Disconnect(disconnect) => self.on_disconnect(from, disconnect, now, out),
+            Body::ChildRemoved(removed) => self.root_on_child_removed(from, removed, now, out),
+            Body::Multicast(multicast) => self.on_multicast(from, multicast, out),
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.requested_wake = None;
+        if let Some(join) = &self.joining {
+            if now >= join.retry_at {
+                self.resend_join(now, out);
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.config.heartbeat_interval;
+            self.check_parent_timeout(now, out);
+            self.evict_silent_children(now, out);
+            self.send_heartbeats(out);
+            self.interest_flush_at = None;
+        }
+        if self.interest_flush_at.is_some_and(|at| now >= at) {
+            self.interest_flush_at = None;
+            self.send_parent_heartbeat(out);
+        }
+        if self.root.is_some() {
+            self.root_on_tick(now, out);
+        }
+    }
+
+    fn schedule_interest_flush(&mut self, now: Time) {
+        if self.interest_flush_at.is_none() && self.interest.has_pending() {
+            self.interest_flush_at = Some(now + self.config.interest_batch_delay);
+        }
+    }
+
+    fn request_wake(&mut self, out: &mut Vec<Output>) {
+        if !self.started {
+            return;
+        }
+        let mut next = self.next_heartbeat;
+        if let Some(join) = &self.joining {
+            next = next.min(join.retry_at);
+        }
+        if let Some(at) = self.interest_flush_at {
+            next = next.min(at);
+        }
+        if let Some(root) = &self.root {
+            next = next.min(root.next_rebalance);
+        }
+        if self.requested_wake.is_none_or(|requested| next < requested) {
+            self.requested_wake = Some(next);
+            out.push(Output::WakeAt(next));
+        }
+    }
+
+    fn dropped(&self, from: NodeId, kind: &'static str, reason: DropReason, out: &mut Vec<Output>) {
+        out.push(Output::Event(TreeEvent::Dropped { from, kind, reason }));
+    }
+
+    fn send(&self, to: NodeId, body: Body, out: &mut Vec<Output>) {
+        out.push(Output::Send {
+            to,
+            msg: ControlMessage::new(body),
+        });
+    }
+
+    fn is_root_candidate(&self, id: NodeId) -> bool {
+        self.roots.iter().any(|r| r.id == id)
+    }
+
+    fn leader(&self) -> Option<&RootCandidate> {
+        self.roots.get(self.leader_index)
+    }
+
+    /// The size of this node's subtree, itself included.
+    pub fn subtree(&self) -> SubtreeSize {
+        let mut size = SubtreeSize {
+            clients: u64::from(self.role == Role::Client),
+            routers: u64::from(self.role.is_router()),
+        };
+        for child in self.children.values().filter(|c| c.attached) {
+            size.clients += child.subtree.clients;
+            size.routers += child.subtree.routers;
+        }
+        size
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The topology epoch last seen from above.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The parent this node obeys, if any.
+    pub fn parent(&self) -> Option<NodeId> {
+        self.parent.as_ref().map(|p| p.id)
+    }
+
+    /// Whether a join request is outstanding.
+    pub fn is_joining(&self) -> bool {
+        self.joining.is_some()
+    }
+
+    /// Whether the node has left the tree for good.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// The children this node currently keeps, in id order.
+    pub fn children(&self) -> impl Iterator<Item = ChildInfo> + '_ {
+        self.children.iter().map(|(&id, c)| c.info(id))
+    }
+
+    /// Number of children (attached or not).
+    pub fn child_count(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether the link to `child` may want `tag` (its filter), or `None` if not a child.
+    pub fn child_may_want(&self, child: NodeId, tag: KeyTag) -> Option<bool> {
+        self.children.get(&child).map(|c| c.interest.may_contain(tag))
+    }
+
+    /// Whether `child` advertised exactly `tag`, or `None` if not a child.
+    pub fn child_advertised(&self, child: NodeId, tag: KeyTag) -> Option<bool> {
+        self.children
+            .get(&child)
+            .map(|c| c.interest.contains_exactly(tag))
+    }
+
+    /// The node's aggregate interest (own subscriptions plus its children's).
+    pub fn interest(&self) -> &InterestTable {
+        &self.interest
+    }
+
+    /// The root's replicated tree view (`None` on other nodes).
+    pub fn view(&self) -> Option<&TreeView> {
+        self.root.as_ref().map(|r| &r.view)
+    }
+
+    /// The address this node knows for a peer (parent, child, root candidate, or any node in
+    /// the root's view), for the driver to dial.
+    pub fn peer_address(&self, peer: NodeId) -> Option<&str> {
+        if let Some(p) = self.parent.as_ref().filter(|p| p.id == peer) {
+            return Some(&p.address);
+        }
+        if let Some(c) = self.children.get(&peer) {
+            return Some(&c.address);
+        }
+        if let Some(r) = self.roots.iter().find(|r| r.id == peer) {
+            return Some(&r.address);
+        }
+        self.view()
+            .and_then(|v| v.get(peer))
+            .map(|e| e.address.as_str())
+    }
+}

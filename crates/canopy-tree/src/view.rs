@@ -1,0 +1,377 @@
+//! The root's view of the tree: every node's role, region, address and assigned parent,
+//! plus the indexes that make placement O(log n). This is the state a later issue
+//! replicates through Raft; it changes only through [`TreeView::assign`] and
+//! [`TreeView::remove`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::interest::FixedState;
+use crate::{NodeId, Role, Time};
+
+/// What the root knows of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEntry {
+    pub role: Role,
+    pub region: String,
+    pub address: String,
+    /// `None` for the root, and for a node whose parent left (detached, awaiting rejoin).
+    pub parent: Option<NodeId>,
+    /// The assignment that put the node under `parent`.
+    pub assignment_id: u64,
+    /// Distance from the root (routers only; clients keep the value of their last placement).
+    pub depth: u32,
+    /// Clients assigned directly under this node.
+    pub direct_clients: u32,
+    /// Routers assigned directly under this node.
+    pub child_routers: u32,
+    /// When the node lost its parent, if it is detached.
+    pub detached_since: Option<Time>,
+    children: BTreeSet<NodeId>,
+    // Random tie-breaker among equally good placement candidates.
+    salt: u64,
+}
+
+impl ViewEntry {
+    /// Ids of the nodes assigned directly under this one.
+    pub fn children(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.children.iter().copied()
+    }
+}
+
+type LoadKey = (u32, u64, NodeId);
+type DepthKey = (u32, u64, NodeId);
+
+/// The root's tree view with placement indexes.
+#[derive(Debug, Clone)]
+pub struct TreeView {
+    root: NodeId,
+    nodes: HashMap<NodeId, ViewEntry, FixedState>,
+    /// Attached routers (and the root) with room for another child router, by depth.
+    router_slots: BTreeSet<DepthKey>,
+    /// Attached routers by direct client load, per region and overall.
+    client_load: BTreeSet<LoadKey>,
+    client_load_by_region: BTreeMap<String, BTreeSet<LoadKey>>,
+    detached: BTreeSet<(Time, NodeId)>,
+    max_child_routers: u32,
+    max_clients: u32,
+    /// Bumped whenever the root changes; flows down in heartbeats.
+    pub epoch: u64,
+}
+
+impl TreeView {
+    /// A view holding only the root.
+    pub fn new(root: NodeId, region: &str, address: &str, config: &crate::TreeConfig) -> Self {
+        let mut view = TreeView {
+            root,
+            nodes: HashMap::default(),
+            router_slots: BTreeSet::new(),
+            client_load: BTreeSet::new(),
+            client_load_by_region: BTreeMap::new(),
+            detached: BTreeSet::new(),
+            max_child_routers: u32::try_from(config.max_child_routers).unwrap_or(u32::MAX),
+            max_clients: u32::try_from(config.max_clients).unwrap_or(u32::MAX),
+            epoch: 1,
+        };
+        view.nodes.insert(
+            root,
+            ViewEntry {
+                role: Role::Root,
+                region: region.to_owned(),
+                address: address.to_owned(),
+                parent: None,
+                assignment_id: 0,
+                depth: 0,
+                direct_clients: 0,
+                child_routers: 0,
+                detached_since: None,
+                children: BTreeSet::new(),
+                salt: 0,
+            },
+        );
+        view.reindex(root);
+        view
+    }
+
+    /// The root's id.
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+
+    /// One node's entry.
+    pub fn get(&self, id: NodeId) -> Option<&ViewEntry> {
+        self.nodes.get(&id)
+    }
+
+    /// Number of nodes in the view, the root included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the view holds only nothing (never: the root is always there).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// All entries, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &ViewEntry)> {
+        self.nodes.iter().map(|(&id, e)| (id, e))
+    }
+
+    /// Number of attached routers (the root excluded).
+    pub fn attached_routers(&self) -> usize {
+        self.client_load.len()
+    }
+
+    /// Attached routers ordered by direct client load, lightest first.
+    pub fn routers_by_load(&self) -> impl DoubleEndedIterator<Item = (NodeId, u32)> + '_ {
+        self.client_load.iter().map(|&(load, _, id)| (id, load))
+    }
+
+    /// Attached routers of each region, ordered by load, lightest first.
+    pub fn regions(&self) -> impl Iterator<Item = (&str, Vec<(NodeId, u32)>)> + '_ {
+        self.client_load_by_region.iter().map(|(region, set)| {
+            let routers = set.iter().map(|&(load, _, id)| (id, load)).collect();
+            (region.as_str(), routers)
+        })
+    }
+
+    /// Whether `ancestor` is `node` or lies on the path from `node` to the root.
+    pub fn is_ancestor_or_self(&self, ancestor: NodeId, node: NodeId) -> bool {
+        let mut current = Some(node);
+        let mut steps = 0usize;
+        while let Some(id) = current {
+            if id == ancestor {
+                return true;
+            }
+            // A cycle in the view would be a bug; the bound keeps a bug from hanging us.
+            steps += 1;
+            if steps > self.nodes.len() {
+                return false;
+            }
+            current = self.nodes.get(&id).and_then(|e| e.parent);
+        }
+        false
+    }
+
+    /// Where a joining router goes: the shallowest attached router with room for another
+    /// child router (ties broken by the random salt), never inside its own subtree.
+    pub fn place_router(&self, joiner: NodeId, exclude: Option<NodeId>) -> NodeId {
+        self.router_slots
+            .iter()
+            .map(|&(_, _, id)| id)
+            .find(|&id| Some(id) != exclude && !self.is_ancestor_or_self(joiner, id))
+            .unwrap_or(self.root)
+    }
+
+    /// Where a joining client goes: the least-loaded attached router of its region with
+    /// room, else the least-loaded router with room anywhere, else the least-loaded router;
+    /// the root only while there are no routers.
+    pub fn place_client(&self, region: &str, exclude: Option<NodeId>) -> NodeId {
+        let max = self.max_clients;
+        let pick = |set: &BTreeSet<LoadKey>, need_room: bool| {
+            set.iter()
+                .filter(|&&(_, _, id)| Some(id) != exclude)
+                .find(|&&(load, _, _)| !need_room || load < max)
+                .map(|&(_, _, id)| id)
+        };
+        self.client_load_by_region
+            .get(region)
+            .and_then(|set| pick(set, true))
+            .or_else(|| pick(&self.client_load, true))
+            .or_else(|| pick(&self.client_load, false))
+            .unwrap_or(self.root)
+    }
+
+    /// Records that `node` was placed under `parent` by assignment `assignment_id`. A node
+    /// already in the view moves with its subtree.
+    #[allow(clippy::too_many_arguments)]
+    pub fn assign(
+        &mut self,
+        node: NodeId,
+        role: Role,
+        region: &str,
+        address: &str,
+        parent: NodeId,
+        assignment_id: u64,
+        salt: u64,
+    ) {
+        if node == self.root || !self.nodes.contains_key(&parent) {
+            return;
+        }
+        if self.nodes.contains_key(&node) {
+            self.unlink(node);
+            // Index keys hold the salt, depth and region about to change.
+            self.unindex(node);
+        } else {
+            self.nodes.insert(
+                node,
+                ViewEntry {
+                    role,
+                    region: region.to_owned(),
+                    address: address.to_owned(),
+                    parent: None,
+                    assignment_id,
+                    depth: 0,
+                    direct_clients: 0,
+                    child_routers: 0,
+                    detached_since: None,
+                    children: BTreeSet::new(),
+                    salt,
+                },
+            );
+        }
+        let parent_depth = self.nodes.get(&parent).map_or(0, |p| p.depth);
+        if let Some(entry) = self.nodes.get_mut(&node) {
+            entry.role = role;
+            entry.region = region.to_owned();
+            entry.address = address.to_owned();
+            entry.parent = Some(parent);
+            entry.assignment_id = assignment_id;
+            entry.salt = salt;
+            if let Some(since) = entry.detached_since.take() {
+                self.detached.remove(&(since, node));
+            }
+        }
+        self.link(node, parent, role);
+        self.set_depths(node, parent_depth + 1);
+    }
+
+    /// Removes `node`; its children stay (with their subtrees) but are detached until they
+    /// rejoin or their grace period runs out.
+    pub fn remove(&mut self, node: NodeId, now: Time) {
+        if node == self.root || !self.nodes.contains_key(&node) {
+            return;
+        }
+        self.unlink(node);
+        self.unindex(node);
+        let Some(entry) = self.nodes.remove(&node) else {
+            return;
+        };
+        if let Some(since) = entry.detached_since {
+            self.detached.remove(&(since, node));
+        }
+        for child in entry.children {
+            self.unindex(child);
+            if let Some(c) = self.nodes.get_mut(&child) {
+                c.parent = None;
+                c.detached_since = Some(now);
+                self.detached.insert((now, child));
+            }
+        }
+    }
+
+    /// Drops detached nodes that did not rejoin within `grace`; returns how many.
+    pub fn expire_detached(&mut self, now: Time, grace: Time) -> usize {
+        let expired: Vec<NodeId> = self
+            .detached
+            .iter()
+            .take_while(|(since, _)| now.saturating_sub(*since) > grace)
+            .map(|&(_, id)| id)
+            .collect();
+        for &id in &expired {
+            self.remove(id, now);
+        }
+        expired.len()
+    }
+
+    /// Takes `node` off its parent's child list (the node keeps its own subtree).
+    fn unlink(&mut self, node: NodeId) {
+        let Some((parent, role)) = self.nodes.get(&node).map(|e| (e.parent, e.role)) else {
+            return;
+        };
+        let Some(parent) = parent else {
+            return;
+        };
+        self.unindex(parent);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            if p.children.remove(&node) {
+                match role {
+                    Role::Client => p.direct_clients = p.direct_clients.saturating_sub(1),
+                    _ => p.child_routers = p.child_routers.saturating_sub(1),
+                }
+            }
+        }
+        self.reindex(parent);
+        if let Some(entry) = self.nodes.get_mut(&node) {
+            entry.parent = None;
+        }
+    }
+
+    fn link(&mut self, node: NodeId, parent: NodeId, role: Role) {
+        self.unindex(parent);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            if p.children.insert(node) {
+                match role {
+                    Role::Client => p.direct_clients += 1,
+                    _ => p.child_routers += 1,
+                }
+            }
+        }
+        self.reindex(parent);
+    }
+
+    /// Sets the depth of `node` and of every router below it, re-indexing each.
+    fn set_depths(&mut self, node: NodeId, depth: u32) {
+        let mut stack = vec![(node, depth)];
+        while let Some((id, depth)) = stack.pop() {
+            self.unindex(id);
+            let Some(entry) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            entry.depth = depth;
+            let routers: Vec<NodeId> = if entry.role.is_router() {
+                entry.children.iter().copied().collect()
+            } else {
+                Vec::new()
+            };
+            self.reindex(id);
+            for child in routers {
+                if self.nodes.get(&child).is_some_and(|c| c.role.is_router()) {
+                    stack.push((child, depth + 1));
+                }
+            }
+        }
+    }
+
+    fn attached(&self, id: NodeId) -> bool {
+        id == self.root || self.nodes.get(&id).is_some_and(|e| e.parent.is_some())
+    }
+
+    fn unindex(&mut self, id: NodeId) {
+        let Some(e) = self.nodes.get(&id) else {
+            return;
+        };
+        self.router_slots.remove(&(e.depth, e.salt, id));
+        let load_key = (e.direct_clients, e.salt, id);
+        self.client_load.remove(&load_key);
+        if let Some(set) = self.client_load_by_region.get_mut(&e.region) {
+            set.remove(&load_key);
+            if set.is_empty() {
+                self.client_load_by_region.remove(&e.region);
+            }
+        }
+    }
+
+    fn reindex(&mut self, id: NodeId) {
+        if !self.attached(id) {
+            return;
+        }
+        let Some(e) = self.nodes.get(&id) else {
+            return;
+        };
+        if !e.role.is_router() {
+            return;
+        }
+        if e.child_routers < self.max_child_routers {
+            self.router_slots.insert((e.depth, e.salt, id));
+        }
+        if e.role == Role::Router {
+            let load_key = (e.direct_clients, e.salt, id);
+            self.client_load.insert(load_key);
+            self.client_load_by_region
+                .entry(e.region.clone())
+                .or_default()
+                .insert(load_key);
+        }
+    }
+}
