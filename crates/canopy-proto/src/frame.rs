@@ -55,9 +55,12 @@ impl FrameCodec {
         self.max_frame_len
     }
 
-    /// Appends one frame to `dst`. Refuses a message whose encoding exceeds the maximum, so a
-    /// node never sends what its peer would refuse.
+    /// Appends one frame to `dst`. Refuses a message without a body or whose encoding exceeds
+    /// the maximum, so a node never sends what its peer would refuse.
     pub fn encode_into(&self, msg: &ControlMessage, dst: &mut BytesMut) -> Result<(), FrameError> {
+        if msg.body.is_none() {
+            return Err(FrameError::UnknownMessageType);
+        }
         let len = msg.encoded_len();
         if len > self.max_frame_len {
             return Err(FrameError::Oversized {

@@ -244,14 +244,32 @@ mod tests {
         let mut table = InterestTable::default();
         let mut a = LinkInterest::new(0.01);
         let mut b = LinkInterest::new(0.01);
-        a.apply_delta(&InterestDelta { add: vec![7], remove: vec![] }, &mut table);
-        b.apply_delta(&InterestDelta { add: vec![7], remove: vec![] }, &mut table);
+        a.apply_delta(
+            &InterestDelta {
+                add: vec![7],
+                remove: vec![],
+            },
+            &mut table,
+        );
+        b.apply_delta(
+            &InterestDelta {
+                add: vec![7],
+                remove: vec![],
+            },
+            &mut table,
+        );
         assert_eq!(table.take_delta().add, vec![7]);
         a.clear(&mut table);
         let delta = table.take_delta();
         assert!(delta.add.is_empty() && delta.remove.is_empty());
         assert!(table.subtree_wants(7));
-        b.apply_delta(&InterestDelta { add: vec![], remove: vec![7] }, &mut table);
+        b.apply_delta(
+            &InterestDelta {
+                add: vec![],
+                remove: vec![7],
+            },
+            &mut table,
+        );
         assert_eq!(table.take_delta().remove, vec![7]);
         assert!(!table.subtree_wants(7));
     }

@@ -27,6 +27,10 @@ pub struct ViewEntry {
     /// When the node lost its parent, if it is detached.
     pub detached_since: Option<Time>,
     children: BTreeSet<NodeId>,
+    // While detached: the parent that was removed from under this node. A router that is
+    // removed (timed out, or said it is not our child) usually lives on with its subtree and
+    // rejoins; when it does, its former children are its children again.
+    former_parent: Option<NodeId>,
     // Random tie-breaker among equally good placement candidates.
     salt: u64,
 }
@@ -85,6 +89,7 @@ impl TreeView {
                 child_routers: 0,
                 detached_since: None,
                 children: BTreeSet::new(),
+                former_parent: None,
                 salt: 0,
             },
         );
@@ -107,7 +112,7 @@ impl TreeView {
         self.nodes.len()
     }
 
-    /// Whether the view holds only nothing (never: the root is always there).
+    /// Whether the view is empty (never: the root is always there).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -198,7 +203,8 @@ impl TreeView {
         if node == self.root || !self.nodes.contains_key(&parent) {
             return;
         }
-        if self.nodes.contains_key(&node) {
+        let is_new = !self.nodes.contains_key(&node);
+        if !is_new {
             self.unlink(node);
             // Index keys hold the salt, depth and region about to change.
             self.unindex(node);
@@ -216,6 +222,7 @@ impl TreeView {
                     child_routers: 0,
                     detached_since: None,
                     children: BTreeSet::new(),
+                    former_parent: None,
                     salt,
                 },
             );
@@ -228,12 +235,42 @@ impl TreeView {
             entry.parent = Some(parent);
             entry.assignment_id = assignment_id;
             entry.salt = salt;
+            entry.former_parent = None;
             if let Some(since) = entry.detached_since.take() {
                 self.detached.remove(&(since, node));
             }
         }
         self.link(node, parent, role);
+        if is_new && role.is_router() {
+            self.reclaim_detached(node);
+        }
         self.set_depths(node, parent_depth + 1);
+    }
+
+    /// Puts the detached nodes whose parent `node` was back under it: a router that was
+    /// removed and rejoins brings its subtree along (it kept its children all along).
+    fn reclaim_detached(&mut self, node: NodeId) {
+        let former: Vec<(Time, NodeId)> = self
+            .detached
+            .iter()
+            .copied()
+            .filter(|&(_, id)| {
+                self.nodes
+                    .get(&id)
+                    .is_some_and(|e| e.former_parent == Some(node))
+            })
+            .collect();
+        for (since, child) in former {
+            self.detached.remove(&(since, child));
+            let Some(entry) = self.nodes.get_mut(&child) else {
+                continue;
+            };
+            entry.parent = Some(node);
+            entry.detached_since = None;
+            entry.former_parent = None;
+            let role = entry.role;
+            self.link(child, node, role);
+        }
     }
 
     /// Removes `node`; its children stay (with their subtrees) but are detached until they
@@ -251,11 +288,25 @@ impl TreeView {
             self.detached.remove(&(since, node));
         }
         for child in entry.children {
-            self.unindex(child);
+            // Nothing below a detached node takes new children: it is cut off from the root
+            // (and may belong to the subtree of the removed node when that node rejoins).
+            self.unindex_subtree(child);
             if let Some(c) = self.nodes.get_mut(&child) {
                 c.parent = None;
                 c.detached_since = Some(now);
+                c.former_parent = Some(node);
                 self.detached.insert((now, child));
+            }
+        }
+    }
+
+    /// Takes `node` and every router below it out of the placement indexes.
+    fn unindex_subtree(&mut self, node: NodeId) {
+        let mut stack = vec![node];
+        while let Some(id) = stack.pop() {
+            self.unindex(id);
+            if let Some(e) = self.nodes.get(&id) {
+                stack.extend(e.children.iter().copied());
             }
         }
     }
@@ -333,8 +384,20 @@ impl TreeView {
         }
     }
 
+    /// Whether `id` hangs below the root (no detached node on its path).
     fn attached(&self, id: NodeId) -> bool {
-        id == self.root || self.nodes.get(&id).is_some_and(|e| e.parent.is_some())
+        let mut current = id;
+        // A cycle in the view would be a bug; the bound keeps a bug from hanging us.
+        for _ in 0..=self.nodes.len() {
+            if current == self.root {
+                return true;
+            }
+            match self.nodes.get(&current).and_then(|e| e.parent) {
+                Some(parent) => current = parent,
+                None => return false,
+            }
+        }
+        false
     }
 
     fn unindex(&mut self, id: NodeId) {

@@ -1,8 +1,8 @@
 //! The parent side of tree links: adopting, attaching, culling and dropping children.
 
 use canopy_proto::v1::{
-    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect,
-    InterestSnapshot, Reattach, SubtreeSize,
+    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, InterestSnapshot,
+    Reattach, SubtreeSize,
 };
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
@@ -56,7 +56,14 @@ impl Node {
             self.dropped(from, "adopt_child", DropReason::Malformed, out);
             return;
         }
-        self.adopt(adopt.child_id, role, adopt.address, adopt.assignment_id, now, out);
+        self.adopt(
+            adopt.child_id,
+            role,
+            adopt.address,
+            adopt.assignment_id,
+            now,
+            out,
+        );
     }
 
     /// Takes `child` on under `assignment_id` and tells it so.
@@ -77,14 +84,14 @@ impl Node {
             }
             Some(link) if link.assignment_id == assignment_id => {}
             Some(link) => {
-                link.interest.clear(&mut self.interest);
+                // The interest stays advertised upward until the child's Reattach snapshot
+                // replaces it, so ancestors see no gap in the subtree's tags.
                 link.assignment_id = assignment_id;
                 link.attached = false;
                 link.last_heard = now;
                 link.role = role;
                 link.address = address;
                 link.subtree = SubtreeSize::default();
-                self.schedule_interest_flush(now);
             }
             None => {
                 self.children.insert(
@@ -259,7 +266,7 @@ impl Node {
         self.cull(count, now, out);
     }
 
-    /// Children the node keeps, routers first (used when leaving).
+    /// Ids of the children the node keeps, in id order.
     pub(super) fn child_ids(&self) -> Vec<NodeId> {
         self.children.keys().copied().collect()
     }

@@ -72,11 +72,7 @@ impl Node {
             self.dropped(from, "not_leader", DropReason::UnexpectedMessage, out);
             return;
         }
-        if let Some(index) = self
-            .roots
-            .iter()
-            .position(|r| r.id == redirect.leader_hint)
-        {
+        if let Some(index) = self.roots.iter().position(|r| r.id == redirect.leader_hint) {
             self.leader_index = index;
             self.joining = Some(JoinState {
                 attempt: 0,

@@ -178,7 +178,7 @@ impl Node {
 
     fn on_message(&mut self, from: NodeId, msg: ControlMessage, now: Time, out: &mut Vec<Output>) {
         let kind = msg.kind();
-        let Some(body) = msg.body else {
+        let Some(body) = msg.body.filter(|_| from != self.id) else {
             self.dropped(from, kind, DropReason::Malformed, out);
             return;
         };
@@ -326,7 +326,9 @@ impl Node {
 
     /// Whether the link to `child` may want `tag` (its filter), or `None` if not a child.
     pub fn child_may_want(&self, child: NodeId, tag: KeyTag) -> Option<bool> {
-        self.children.get(&child).map(|c| c.interest.may_contain(tag))
+        self.children
+            .get(&child)
+            .map(|c| c.interest.may_contain(tag))
     }
 
     /// Whether `child` advertised exactly `tag`, or `None` if not a child.

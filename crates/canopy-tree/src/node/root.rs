@@ -3,7 +3,9 @@
 //! Every structural decision is first recorded in the [`TreeView`] and only then acted on,
 //! which is the order the Raft-replicated root will keep (commit, then act).
 
-use canopy_proto::v1::{disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest};
+use canopy_proto::v1::{
+    disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest,
+};
 use canopy_proto::Body;
 use rand::Rng;
 
@@ -103,7 +105,13 @@ impl Node {
 
     /// Removes `child` from the view if the report is about its current placement (a report
     /// from a false parent, or about an older assignment, changes nothing).
-    pub(super) fn root_forget(&mut self, child: NodeId, parent: NodeId, assignment_id: u64, now: Time) {
+    pub(super) fn root_forget(
+        &mut self,
+        child: NodeId,
+        parent: NodeId,
+        assignment_id: u64,
+        now: Time,
+    ) {
         let Some(root) = self.root.as_mut() else {
             return;
         };
@@ -129,7 +137,7 @@ impl Node {
     }
 
     /// Moves clients off the root once routers exist, and culls routers whose direct client
-    /// count exceeds their region's mean by more than the imbalance bound allows.
+    /// count exceeds their region's mean, whenever a region's spread exceeds the imbalance bound.
     fn rebalance(&mut self, now: Time, out: &mut Vec<Output>) {
         let Some(view) = self.view() else {
             return;
@@ -147,7 +155,9 @@ impl Node {
                 continue;
             }
             let total: u64 = routers.iter().map(|&(_, load)| u64::from(load)).sum();
-            let target = total.div_ceil(routers.len() as u64);
+            // The floor of the mean: with the ceiling, one light router among routers all at
+            // the ceiling would never be topped up.
+            let target = total / routers.len() as u64;
             culls.extend(
                 routers
                     .iter()

@@ -28,7 +28,12 @@ impl Node {
         self.forward(multicast, None, out);
     }
 
-    pub(super) fn on_multicast(&mut self, from: NodeId, multicast: Multicast, out: &mut Vec<Output>) {
+    pub(super) fn on_multicast(
+        &mut self,
+        from: NodeId,
+        multicast: Multicast,
+        out: &mut Vec<Output>,
+    ) {
         let from_child = self.children.get(&from).is_some_and(|c| c.attached);
         if self.parent() != Some(from) && !from_child {
             self.dropped(from, "multicast", DropReason::NotANeighbour, out);
@@ -54,7 +59,12 @@ impl Node {
 
     /// Sends one copy to every tree neighbour except `arrived_from` whose subtree may want
     /// the tag: at most (children + 1) copies.
-    fn forward(&self, mut multicast: Multicast, arrived_from: Option<NodeId>, out: &mut Vec<Output>) {
+    fn forward(
+        &self,
+        mut multicast: Multicast,
+        arrived_from: Option<NodeId>,
+        out: &mut Vec<Output>,
+    ) {
         multicast.last_hop = self.id;
         let tag = multicast.key_tag;
         let up = self.parent().filter(|&p| Some(p) != arrived_from);

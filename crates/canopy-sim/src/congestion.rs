@@ -1,0 +1,243 @@
+//! The congestion experiment of the design this project follows: build a tree (or a star,
+//! the seed design's baseline in which the root unicasts to every client), publish
+//! multicasts from random clients and count the messages every node handles.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_tree::{Input, NodeId, Role, Time, TreeConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::{LatencyModel, Sim};
+
+/// The key tag every interested client subscribes to.
+pub const EXPERIMENT_TAG: u64 = 0x5EED_CAFE_F00D_0001;
+
+/// Which layout to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// Routers between the root and the clients, as the protocol builds it.
+    Tree,
+    /// No routers: every client is a child of the root.
+    Star,
+}
+
+/// One experiment's settings.
+#[derive(Debug, Clone)]
+pub struct CongestionParams {
+    pub clients: usize,
+    pub routers: usize,
+    pub max_child_routers: usize,
+    pub max_clients: usize,
+    pub multicasts: usize,
+    pub seed: u64,
+    /// Fraction of clients subscribed to the experiment's key.
+    pub interest_fraction: f64,
+}
+
+/// Measurements of one topology.
+#[derive(Debug, Clone, Serialize)]
+pub struct CongestionResult {
+    pub topology: Topology,
+    pub root_msgs_per_multicast: f64,
+    pub max_node_msgs_per_multicast: f64,
+    pub total_msgs_per_multicast: f64,
+    /// Deliveries to interested clients (each client counted once per multicast).
+    pub delivered: u64,
+    /// Deliveries owed: interested live clients other than the publisher, per multicast.
+    pub expected: u64,
+    /// Copies delivered more than once to one client.
+    pub duplicates: u64,
+    /// Deliveries to clients that did not want the key (must be 0).
+    pub unwanted: u64,
+    pub tree_depth: usize,
+    pub sim_seconds: f64,
+    pub events: u64,
+}
+
+/// Progress of a running experiment, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Tree settings used by the experiment.
+pub fn experiment_config(params: &CongestionParams) -> TreeConfig {
+    TreeConfig {
+        max_child_routers: params.max_child_routers,
+        max_clients: params.max_clients,
+        ..TreeConfig::default()
+    }
+}
+
+/// Runs the experiment for one topology.
+pub fn run(
+    params: &CongestionParams,
+    topology: Topology,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CongestionResult, String> {
+    let config = experiment_config(params);
+    config.validate().map_err(|e| e.to_string())?;
+    let mut rng = SmallRng::seed_from_u64(params.seed);
+    let mut sim = Sim::new(config.clone(), LatencyModel::default(), params.seed);
+    let ms = Duration::from_millis;
+    sim.add_node(Role::Root, "", Time::ZERO);
+    let routers = match topology {
+        Topology::Tree => params.routers,
+        Topology::Star => 0,
+    };
+    for _ in 0..routers {
+        let at = ms(10) + ms(1000).mul_f64(rng.random::<f64>());
+        sim.add_node(Role::Router, "", at);
+    }
+    // Routers are placed first so clients land under them rather than the root.
+    let clients_start = ms(1500);
+    let join_span = ms(1000).max(ms((params.clients / 500) as u64));
+    let mut clients: Vec<(NodeId, bool)> = Vec::with_capacity(params.clients);
+    for _ in 0..params.clients {
+        let at = clients_start + join_span.mul_f64(rng.random::<f64>());
+        let id = sim.add_node(Role::Client, "", at);
+        let interested = rng.random::<f64>() < params.interest_fraction;
+        if interested {
+            sim.input_at(id, Input::Subscribe(EXPERIMENT_TAG), Time::ZERO);
+        }
+        clients.push((id, interested));
+    }
+    let settled = clients_start + join_span + config.heartbeat_interval * 4;
+    run_in_steps(&mut sim, settled, "building", progress);
+    let shape = crate::check::check_structure(&sim)?;
+    let interested_total = clients.iter().filter(|(_, i)| *i).count() as u64;
+
+    sim.reset_counters();
+    sim.take_deliveries();
+    let gap = ms(20);
+    let mut expected = 0u64;
+    let mut tally = Tally::new(sim.node_ids().count(), &clients);
+    let mut publishes_by_origin: std::collections::HashMap<NodeId, u64> = Default::default();
+    for i in 0..params.multicasts {
+        let (publisher, publisher_interested) = clients[rng.random_range(0..clients.len())];
+        expected += interested_total - u64::from(publisher_interested);
+        let seq = publishes_by_origin.entry(publisher).or_insert(0);
+        *seq += 1;
+        tally.multicasts.insert((publisher, *seq), i);
+        let at = settled + gap * (i as u32 + 1);
+        let payload = Bytes::from(format!("multicast {i}"));
+        let publish = Input::Publish {
+            key_tag: EXPERIMENT_TAG,
+            payload,
+        };
+        sim.input_at(publisher, publish, at);
+    }
+    tally.seen = vec![vec![0u64; sim.node_ids().count() / 64 + 1]; params.multicasts];
+    let end = settled + gap * (params.multicasts as u32 + 1) + ms(500);
+    let start = sim.now();
+    while sim.now() < end {
+        sim.run_until((sim.now() + ms(20)).min(end));
+        tally.absorb(sim.take_deliveries());
+        progress(Progress {
+            phase: "multicasting",
+            done: sim.now().saturating_sub(start).as_millis() as u64,
+            total: end.saturating_sub(start).as_millis() as u64,
+        });
+    }
+    let Tally {
+        delivered,
+        duplicates,
+        unwanted,
+        ..
+    } = tally;
+    let multicasts = params.multicasts.max(1) as f64;
+    let mut max_node = 0u64;
+    let mut total = 0u64;
+    for id in sim.node_ids() {
+        let count = sim.counters(id).multicast_total();
+        max_node = max_node.max(count);
+        total += count;
+    }
+    Ok(CongestionResult {
+        topology,
+        root_msgs_per_multicast: sim.counters(1).multicast_total() as f64 / multicasts,
+        max_node_msgs_per_multicast: max_node as f64 / multicasts,
+        total_msgs_per_multicast: total as f64 / multicasts,
+        delivered,
+        expected,
+        duplicates,
+        unwanted,
+        tree_depth: shape.depth,
+        sim_seconds: sim.now().as_secs_f64(),
+        events: sim.events_processed(),
+    })
+}
+
+/// Counts unique, duplicate and unwanted deliveries of the experiment's multicasts, with
+/// one bit per (multicast, node) so a million-client run stays small.
+struct Tally {
+    wanted: Vec<bool>,
+    multicasts: std::collections::HashMap<(NodeId, u64), usize>,
+    seen: Vec<Vec<u64>>,
+    delivered: u64,
+    duplicates: u64,
+    unwanted: u64,
+}
+
+impl Tally {
+    fn new(nodes: usize, clients: &[(NodeId, bool)]) -> Tally {
+        let mut wanted = vec![false; nodes + 1];
+        for &(id, interested) in clients {
+            wanted[id as usize] = interested;
+        }
+        Tally {
+            wanted,
+            multicasts: Default::default(),
+            seen: Vec::new(),
+            delivered: 0,
+            duplicates: 0,
+            unwanted: 0,
+        }
+    }
+
+    fn absorb(&mut self, deliveries: Vec<crate::SimDelivery>) {
+        for d in deliveries {
+            let Some(&index) = self.multicasts.get(&(d.origin, d.origin_seq)) else {
+                continue;
+            };
+            let receiver = d.receiver as usize;
+            if !self.wanted.get(receiver).copied().unwrap_or(false) {
+                self.unwanted += 1;
+                continue;
+            }
+            let (word, bit) = (receiver / 64, 1u64 << (receiver % 64));
+            let seen = &mut self.seen[index][word];
+            if *seen & bit == 0 {
+                *seen |= bit;
+                self.delivered += 1;
+            } else {
+                self.duplicates += 1;
+            }
+        }
+    }
+}
+
+fn run_in_steps(
+    sim: &mut Sim,
+    until: Time,
+    phase: &'static str,
+    progress: &mut dyn FnMut(Progress),
+) {
+    let start = sim.now();
+    let total = until.saturating_sub(start).as_millis() as u64;
+    let step = Duration::from_millis(50);
+    while sim.now() < until {
+        sim.run_until((sim.now() + step).min(until));
+        progress(Progress {
+            phase,
+            done: sim.now().saturating_sub(start).as_millis() as u64,
+            total,
+        });
+    }
+}

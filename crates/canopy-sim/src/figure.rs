@@ -1,0 +1,122 @@
+//! Reproduces the design's first published figure (root messages per multicast against
+//! network size, star against tree) as an SVG plot and a Markdown table.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::congestion::{CongestionResult, Topology};
+
+/// One network size measured with both topologies.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SizePoint {
+    pub clients: usize,
+    pub routers: usize,
+    pub tree: CongestionResult,
+    pub star: CongestionResult,
+    pub wall_seconds: f64,
+}
+
+/// Writes the log-log plot of root messages per multicast against clients.
+pub fn write_plot(points: &[SizePoint], path: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(100) as f64;
+    let max_msgs = points
+        .iter()
+        .map(|p| {
+            p.star
+                .root_msgs_per_multicast
+                .max(p.tree.root_msgs_per_multicast)
+        })
+        .fold(10.0, f64::max);
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Root messages per multicast vs network size",
+            ("sans-serif", 24),
+        )
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (50f64..max_clients * 2.0).log_scale(),
+            (1f64..max_msgs * 3.0).log_scale(),
+        )
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("clients")
+        .y_desc("messages at the root per multicast")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let series = |topology: Topology| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .map(|p| {
+                let r = match topology {
+                    Topology::Tree => &p.tree,
+                    Topology::Star => &p.star,
+                };
+                (p.clients as f64, r.root_msgs_per_multicast.max(1.0))
+            })
+            .collect()
+    };
+    for (topology, color, label) in [
+        (Topology::Star, RED, "star (root unicasts to every client)"),
+        (Topology::Tree, BLUE, "canopy tree"),
+    ] {
+        let data = series(topology);
+        chart
+            .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(
+                data.into_iter()
+                    .map(|xy| Circle::new(xy, 4, color.filled())),
+            )
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The Markdown table of the measurements.
+pub fn markdown_table(points: &[SizePoint]) -> String {
+    let mut md = String::from(
+        "| clients | routers | root msgs/multicast (star) | root msgs/multicast (tree) | \
+         max node msgs/multicast (tree) | total msgs/multicast (star) | total msgs/multicast (tree) \
+         | tree depth | delivered / expected (tree) | delivered / expected (star) | wall s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for p in points {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} / {} | {} / {} | {:.1} |",
+            p.clients,
+            p.routers,
+            p.star.root_msgs_per_multicast,
+            p.tree.root_msgs_per_multicast,
+            p.tree.max_node_msgs_per_multicast,
+            p.star.total_msgs_per_multicast,
+            p.tree.total_msgs_per_multicast,
+            p.tree.tree_depth,
+            p.tree.delivered,
+            p.tree.expected,
+            p.star.delivered,
+            p.star.expected,
+            p.wall_seconds,
+        );
+    }
+    md
+}

@@ -1,0 +1,436 @@
+//! Shared helpers for the state-transition tests: a test configuration, a hand-driven
+//! "wire" between nodes, and matchers over outputs.
+//!
+//! The wire never delivers anything on its own: messages sent by a node wait in
+//! [`Net::queue`] until a test delivers them (one by one, all of them, or after taking some
+//! out to delay or lose them). Time moves only when a test moves it.
+
+// Every test file compiles this module separately and uses a different part of it.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_tree::proto::v1::{
+    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, Heartbeat,
+    JoinRequest, Multicast, Reattach,
+};
+use canopy_tree::proto::{Body, ControlMessage};
+use canopy_tree::{Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent};
+
+/// The id of the root in every test.
+pub const ROOT: NodeId = 1;
+/// The region every node is in unless a test says otherwise.
+pub const REGION: &str = "eu";
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Small timers so tests move time in milliseconds.
+pub fn config() -> TreeConfig {
+    let config = TreeConfig {
+        heartbeat_interval: ms(100),
+        child_timeout: ms(350),
+        parent_timeout: ms(350),
+        join_timeout: ms(200),
+        join_backoff_max: ms(1600),
+        interest_batch_delay: ms(10),
+        rebalance_interval: ms(1000),
+        orphan_grace: ms(2000),
+        max_child_routers: 2,
+        max_clients: 8,
+        imbalance_bound: 2,
+        filter_fp_rate: 0.0001,
+    };
+    config.validate().expect("test config is valid");
+    config
+}
+
+pub fn roots() -> Arc<[RootCandidate]> {
+    Arc::from(vec![RootCandidate {
+        id: ROOT,
+        address: String::new(),
+    }])
+}
+
+/// A node of the test tree, not yet started.
+pub fn node(id: NodeId, role: Role, config: &Arc<TreeConfig>, seed: u64) -> Node {
+    Node::new(id, role, REGION, "", Arc::clone(config), roots(), seed)
+}
+
+/// One message on the wire.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub msg: ControlMessage,
+}
+
+impl Sent {
+    pub fn body(&self) -> &Body {
+        body(&self.msg)
+    }
+}
+
+/// Nodes joined by a hand-driven wire.
+pub struct Net {
+    pub now: Time,
+    pub config: Arc<TreeConfig>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Sent but not yet delivered, oldest first.
+    pub queue: VecDeque<Sent>,
+    /// Every message handed to its receiver, in delivery order.
+    pub log: Vec<Sent>,
+    /// Every message lost because its receiver was down or its link cut.
+    pub lost: Vec<Sent>,
+    /// Every event any node reported, with the reporting node.
+    pub events: Vec<(NodeId, TreeEvent)>,
+    /// Every multicast delivered to an application, with the receiving node.
+    pub delivered: Vec<(NodeId, Multicast)>,
+    /// Nodes that are dead: not ticked, and messages to them are lost.
+    pub down: BTreeSet<NodeId>,
+    /// Directed links (from, to) that lose every message.
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl Net {
+    /// A network holding only a started root (seeded with `root_seed`).
+    pub fn new(config: TreeConfig, root_seed: u64) -> Net {
+        let mut net = Net {
+            now: Time::ZERO,
+            config: Arc::new(config),
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            lost: Vec::new(),
+            events: Vec::new(),
+            delivered: Vec::new(),
+            down: BTreeSet::new(),
+            cut: BTreeSet::new(),
+        };
+        net.add(ROOT, Role::Root, root_seed);
+        net.input(ROOT, Input::Start);
+        net
+    }
+
+    /// Adds a node without starting it.
+    pub fn add(&mut self, id: NodeId, role: Role, seed: u64) {
+        let node = node(id, role, &self.config, seed);
+        assert!(
+            self.nodes.insert(id, node).is_none(),
+            "node {id} added twice"
+        );
+    }
+
+    /// Adds and starts a node (its join request waits on the wire).
+    pub fn start(&mut self, id: NodeId, role: Role) -> Vec<Output> {
+        self.add(id, role, id);
+        self.input(id, Input::Start)
+    }
+
+    /// Adds and starts a node, then delivers everything until the wire is quiet.
+    pub fn join(&mut self, id: NodeId, role: Role) {
+        self.start(id, role);
+        self.run();
+        assert!(self.node(id).parent().is_some(), "node {id} did not attach");
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    pub fn root(&self) -> &Node {
+        self.node(ROOT)
+    }
+
+    pub fn parent(&self, id: NodeId) -> Option<NodeId> {
+        self.node(id).parent()
+    }
+
+    /// Ids of a node's children, in id order.
+    pub fn child_ids(&self, id: NodeId) -> Vec<NodeId> {
+        self.node(id).children().map(|c| c.id).collect()
+    }
+
+    /// The parent the root's view records for `id`.
+    pub fn view_parent(&self, id: NodeId) -> Option<NodeId> {
+        self.root()
+            .view()
+            .expect("root has a view")
+            .get(id)
+            .and_then(|e| e.parent)
+    }
+
+    /// Direct clients the root's view records under `id`.
+    pub fn view_clients(&self, id: NodeId) -> u32 {
+        self.root()
+            .view()
+            .expect("root has a view")
+            .get(id)
+            .expect("node in view")
+            .direct_clients
+    }
+
+    /// Feeds one input to one node at the current time and records what comes out.
+    pub fn input(&mut self, id: NodeId, input: Input) -> Vec<Output> {
+        let now = self.now;
+        let out = self
+            .nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+            .handle(input, now);
+        for o in &out {
+            match o {
+                Output::Send { to, msg } => self.queue.push_back(Sent {
+                    from: id,
+                    to: *to,
+                    msg: msg.clone(),
+                }),
+                Output::Event(e) => self.events.push((id, e.clone())),
+                Output::Deliver(m) => self.delivered.push((id, m.clone())),
+                Output::WakeAt(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Hands a message to `to` as if `from` had sent it.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, body: Body) -> Vec<Output> {
+        self.input(
+            to,
+            Input::Message {
+                from,
+                msg: ControlMessage::new(body),
+            },
+        )
+    }
+
+    /// Delivers the oldest message on the wire; returns it and what the receiver did
+    /// (`None` outputs if it was lost).
+    pub fn deliver_one(&mut self) -> Option<(Sent, Option<Vec<Output>>)> {
+        let sent = self.queue.pop_front()?;
+        Some(self.deliver(sent))
+    }
+
+    /// Delivers one message taken off the wire by a test.
+    pub fn deliver(&mut self, sent: Sent) -> (Sent, Option<Vec<Output>>) {
+        let lost = self.down.contains(&sent.to)
+            || self.cut.contains(&(sent.from, sent.to))
+            || !self.nodes.contains_key(&sent.to);
+        if lost {
+            self.lost.push(sent.clone());
+            return (sent, None);
+        }
+        let out = self.input(
+            sent.to,
+            Input::Message {
+                from: sent.from,
+                msg: sent.msg.clone(),
+            },
+        );
+        self.log.push(sent.clone());
+        (sent, Some(out))
+    }
+
+    /// Delivers until the wire is quiet.
+    pub fn run(&mut self) {
+        let mut budget = 100_000;
+        while self.deliver_one().is_some() {
+            budget -= 1;
+            assert!(budget > 0, "the wire never went quiet");
+        }
+    }
+
+    /// Takes every queued message matching `pred` off the wire (to delay or lose it).
+    pub fn take(&mut self, pred: impl Fn(&Sent) -> bool) -> Vec<Sent> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::new();
+        for s in self.queue.drain(..) {
+            if pred(&s) {
+                taken.push(s);
+            } else {
+                kept.push_back(s);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Ticks every live node at the current time.
+    pub fn tick_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if !self.down.contains(&id) {
+                self.input(id, Input::Tick);
+            }
+        }
+    }
+
+    /// Moves time forward by `total` in 5 ms steps, ticking every live node and delivering
+    /// everything at each step: a healthy network with small latency.
+    pub fn advance(&mut self, total: Duration) {
+        let end = self.now + total;
+        while self.now < end {
+            self.now = (self.now + ms(5)).min(end);
+            self.tick_all();
+            self.run();
+        }
+    }
+
+    /// Cuts both directions of a link.
+    pub fn partition(&mut self, a: NodeId, b: NodeId) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+    }
+
+    pub fn heal(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+    }
+
+    /// Events reported by `id` so far.
+    pub fn events_of(&self, id: NodeId) -> Vec<TreeEvent> {
+        self.events
+            .iter()
+            .filter(|(n, _)| *n == id)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Messages delivered so far from `from` to `to` whose body `pick` accepts.
+    pub fn delivered_between<T>(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        pick: impl Fn(&Body) -> Option<T>,
+    ) -> Vec<T> {
+        self.log
+            .iter()
+            .filter(|s| s.from == from && s.to == to)
+            .filter_map(|s| pick(s.body()))
+            .collect()
+    }
+}
+
+pub fn body(msg: &ControlMessage) -> &Body {
+    msg.body.as_ref().expect("message has a body")
+}
+
+/// Every `Send` in `out` as (to, body).
+pub fn sends(out: &[Output]) -> Vec<(NodeId, &Body)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => Some((*to, body(msg))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every `Send` in `out` whose body `pick` accepts, as (to, picked).
+pub fn sent<'a, T>(out: &'a [Output], pick: impl Fn(&'a Body) -> Option<T>) -> Vec<(NodeId, T)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => pick(body(msg)).map(|t| (*to, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn events(out: &[Output]) -> Vec<TreeEvent> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn deliveries(out: &[Output]) -> Vec<Multicast> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Deliver(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn wakes(out: &[Output]) -> Vec<Time> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::WakeAt(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+// Body pickers, for `sent` and `Net::delivered_between`.
+
+pub fn join_request(b: &Body) -> Option<JoinRequest> {
+    match b {
+        Body::JoinRequest(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+pub fn assign_parent(b: &Body) -> Option<AssignParent> {
+    match b {
+        Body::AssignParent(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+pub fn adopt_child(b: &Body) -> Option<AdoptChild> {
+    match b {
+        Body::AdoptChild(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+pub fn reattach(b: &Body) -> Option<Reattach> {
+    match b {
+        Body::Reattach(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+pub fn heartbeat(b: &Body) -> Option<Heartbeat> {
+    match b {
+        Body::Heartbeat(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+pub fn cull(b: &Body) -> Option<Cull> {
+    match b {
+        Body::Cull(m) => Some(*m),
+        _ => None,
+    }
+}
+
+pub fn disconnect(b: &Body) -> Option<Disconnect> {
+    match b {
+        Body::Disconnect(m) => Some(*m),
+        _ => None,
+    }
+}
+
+pub fn child_removed(b: &Body) -> Option<ChildRemoved> {
+    match b {
+        Body::ChildRemoved(m) => Some(*m),
+        _ => None,
+    }
+}
+
+pub fn multicast(b: &Body) -> Option<Multicast> {
+    match b {
+        Body::Multicast(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// Whether `d` is a disconnect with this reason and rejoin flag.
+pub fn is_disconnect(d: &Disconnect, reason: Reason, rejoin: bool) -> bool {
+    d.reason == reason as i32 && d.rejoin == rejoin
+}
