@@ -110,7 +110,7 @@ pub fn run(
     }
     let settled = clients_start + join_span + config.heartbeat_interval * 4;
     run_in_steps(&mut sim, settled, "building", progress);
-    let shape = crate::check::check_structure(&sim)?;
+    let shape = crate::check::check_tree(&sim)?;
     let interested_total = clients.iter().filter(|(_, i)| *i).count() as u64;
 
     sim.reset_counters();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::congestion::{CongestionResult, Topology};
+use crate::congestion::CongestionResult;
 
 /// One network size measured with both topologies.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,7 +34,7 @@ pub fn write_plot(points: &[SizePoint], path: &Path) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Root messages per multicast vs network size",
+            "Messages per multicast: star vs Canopy tree",
             ("sans-serif", 24),
         )
         .margin(20)
@@ -48,26 +48,34 @@ pub fn write_plot(points: &[SizePoint], path: &Path) -> Result<(), String> {
     chart
         .configure_mesh()
         .x_desc("clients")
-        .y_desc("messages at the root per multicast")
+        .y_desc("messages per multicast (sent + received)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| err(&e))?;
-    let series = |topology: Topology| -> Vec<(f64, f64)> {
-        points
-            .iter()
-            .map(|p| {
-                let r = match topology {
-                    Topology::Tree => &p.tree,
-                    Topology::Star => &p.star,
-                };
-                (p.clients as f64, r.root_msgs_per_multicast.max(1.0))
-            })
-            .collect()
-    };
-    for (topology, color, label) in [
-        (Topology::Star, RED, "star (root unicasts to every client)"),
-        (Topology::Tree, BLUE, "canopy tree"),
+    let star_root: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.clients as f64, p.star.root_msgs_per_multicast.max(1.0)))
+        .collect();
+    let tree_root: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.clients as f64, p.tree.root_msgs_per_multicast.max(1.0)))
+        .collect();
+    let tree_busiest: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p.clients as f64,
+                p.tree.max_node_msgs_per_multicast.max(1.0),
+            )
+        })
+        .collect();
+    let green = RGBColor(0, 140, 60);
+    for (data, color, label) in [
+        (star_root, RED, "star: root (unicasts to every client)"),
+        (tree_root, BLUE, "canopy tree: root"),
+        (tree_busiest, green, "canopy tree: busiest node"),
     ] {
-        let data = series(topology);
         chart
             .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
             .map_err(|e| err(&e))?

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use canopy_sim::check::{check_structure, interested_clients};
+use canopy_sim::check::{check_tree, interested_clients};
 use canopy_sim::{LatencyModel, Sim};
 use canopy_tree::{Input, KeyTag, NodeId, Role, TreeConfig, BROADCAST_TAG};
 use proptest::prelude::*;
@@ -245,7 +245,7 @@ fn check_multicasts(sim: &mut Sim, enforce_fanout: bool) -> Result<(), TestCaseE
 
 fn check_settled(s: &Scenario) -> Result<(), TestCaseError> {
     let mut sim = build(s);
-    let shape = check_structure(&sim).map_err(TestCaseError::fail)?;
+    let shape = check_tree(&sim).map_err(TestCaseError::fail)?;
     // With enough router capacity the tree must be balanced and keep clients off the root.
     let capacity = shape.routers * s.max_clients;
     let enough_capacity = shape.routers > 0 && capacity >= shape.clients;

@@ -15,6 +15,7 @@ mod config;
 mod interest;
 mod io;
 mod node;
+mod shape;
 mod view;
 
 pub use canopy_proto as proto;
@@ -22,6 +23,7 @@ pub use config::{ConfigError, TreeConfig};
 pub use interest::{InterestFilter, InterestTable};
 pub use io::{DropReason, Input, Output, RemovalReason, TreeEvent};
 pub use node::{ChildInfo, Node, RootCandidate};
+pub use shape::{check_structure, NodeSummary, TreeShape};
 pub use view::{TreeView, ViewEntry};
 
 /// A node's identity in the tree (derived from its certificate in the daemon).
