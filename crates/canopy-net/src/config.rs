@@ -1,0 +1,123 @@
+//! The endpoint's interface types: settings, events, errors.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_proto::{ControlMessage, FrameError};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::certs::CertError;
+use crate::identity::{Identity, NodeId};
+
+/// Capacity of the event channel returned by [`NetEndpoint::bind`](crate::NetEndpoint::bind).
+/// When it is full, readers stop reading and QUIC flow control pushes back on the peers.
+pub const EVENT_QUEUE: usize = 1024;
+/// Concurrent unidirectional streams a peer may open (it needs two).
+const MAX_UNI_STREAMS: u32 = 4;
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Largest frame body accepted and sent, in bytes.
+    pub max_frame_len: usize,
+    /// Frames queued per link for the control stream before the peer counts as too slow.
+    pub control_queue: usize,
+    /// Frames queued per link for the data stream before the peer counts as too slow.
+    pub data_queue: usize,
+    /// QUIC keep-alive interval (keeps quiet links from idling out).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a peer silent this long is gone.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            max_frame_len: canopy_proto::DEFAULT_MAX_FRAME_LEN,
+            control_queue: 1024,
+            data_queue: 4096,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NetConfig {
+    /// The QUIC transport parameters for these settings.
+    pub fn transport_config(&self) -> Result<TransportConfig, NetError> {
+        if self.max_frame_len == 0 || self.control_queue == 0 || self.data_queue == 0 {
+            return Err(NetError::Config(
+                "max_frame_len, control_queue and data_queue must be positive".into(),
+            ));
+        }
+        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            return Err(NetError::Config(format!(
+                "keep_alive ({:?}) must be positive and below idle_timeout ({:?})",
+                self.keep_alive, self.idle_timeout
+            )));
+        }
+        let idle = IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            NetError::Config(format!("idle_timeout {:?} too large", self.idle_timeout))
+        })?;
+        let mut transport = TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_idle_timeout(Some(idle))
+            .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None);
+        Ok(transport)
+    }
+}
+
+/// What the network tells the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A message from a peer; `from` is the identity its certificate names.
+    Message { from: Identity, msg: ControlMessage },
+    /// The first connection to `peer` is established (again, after a `LinkClosed`, or after a
+    /// reconnect that overlapped the old connection).
+    LinkUp { peer: Identity },
+    /// The last connection to `peer`, or a dial to it, ended.
+    LinkClosed { peer: NodeId, reason: String },
+}
+
+/// Why an endpoint could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The credentials could not be turned into TLS configurations.
+    #[error("credentials: {0}")]
+    Credentials(#[from] CertError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// `bind` was called outside a tokio runtime.
+    #[error("NetEndpoint::bind must be called inside a tokio runtime")]
+    NoRuntime,
+    /// Unusable [`NetConfig`].
+    #[error("invalid network configuration: {0}")]
+    Config(String),
+}
+
+/// Why [`NetEndpoint::send`](crate::NetEndpoint::send) did not queue a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The link's queue was full: the peer is too slow. Its link was closed.
+    #[error("send queue full: the peer is too slow, its link was closed")]
+    QueueFull,
+    /// No link to the peer and no address to dial.
+    #[error("no link to the peer and no address to dial")]
+    NoAddress,
+    /// The message cannot be framed (no body, or larger than `max_frame_len`).
+    #[error("cannot frame the message: {0}")]
+    Frame(#[from] FrameError),
+    /// The link went down while sending; a `LinkClosed` event follows.
+    #[error("the link to the peer went down")]
+    LinkDown,
+    /// The endpoint was shut down.
+    #[error("the endpoint is shut down")]
+    Shutdown,
+}

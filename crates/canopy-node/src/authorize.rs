@@ -1,0 +1,110 @@
+//! What each certificate role may send: identity comes from the verified certificate, so a
+//! message that claims another node's id or a role the certificate lacks is refused.
+
+use canopy_net::{CertRole, Identity};
+use canopy_proto::{Body, ControlMessage};
+use canopy_tree::Role;
+
+use crate::tree_role;
+
+/// Why a message was refused; the link it came on is closed with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{kind} from {role} certificate {node}: the role may not send it")]
+    RoleMayNotSend {
+        kind: &'static str,
+        role: &'static str,
+        node: u64,
+    },
+    #[error("{kind} claims node {claimed} but the certificate names {actual}")]
+    WrongNode {
+        kind: &'static str,
+        claimed: u64,
+        actual: u64,
+    },
+    #[error("{kind} claims role {claimed:?} but the certificate of node {node} is {actual}")]
+    WrongRole {
+        kind: &'static str,
+        claimed: Option<Role>,
+        actual: &'static str,
+        node: u64,
+    },
+    #[error("empty message")]
+    Empty,
+}
+
+fn is_rooty(role: CertRole) -> bool {
+    matches!(role, CertRole::RootCandidate)
+}
+
+fn is_routing(role: CertRole) -> bool {
+    matches!(role, CertRole::RootCandidate | CertRole::Router)
+}
+
+/// Checks that `from` (as its certificate says) may send `msg`.
+pub fn authorize(from: &Identity, msg: &ControlMessage) -> Result<(), Refusal> {
+    let kind = msg.kind();
+    let body = msg.body.as_ref().ok_or(Refusal::Empty)?;
+    let role = from.role;
+    let may = |allowed: bool| {
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::RoleMayNotSend {
+                kind,
+                role: role.as_str(),
+                node: from.node_id,
+            })
+        }
+    };
+    let same_node = |claimed: u64| {
+        if claimed == from.node_id {
+            Ok(())
+        } else {
+            Err(Refusal::WrongNode {
+                kind,
+                claimed,
+                actual: from.node_id,
+            })
+        }
+    };
+    let same_role = |claimed: i32| {
+        let claimed = Role::from_proto(claimed);
+        if claimed.is_some() && claimed == tree_role(role) {
+            Ok(())
+        } else {
+            Err(Refusal::WrongRole {
+                kind,
+                claimed,
+                actual: role.as_str(),
+                node: from.node_id,
+            })
+        }
+    };
+    // Admin certificates are for the CLI, never for tree traffic.
+    may(role != CertRole::Admin)?;
+    match body {
+        Body::JoinRequest(m) => {
+            same_node(m.node_id)?;
+            same_role(m.role)
+        }
+        Body::Reattach(m) => {
+            same_node(m.node_id)?;
+            same_role(m.role)
+        }
+        Body::NotLeader(_) | Body::AdoptChild(_) => may(is_rooty(role)),
+        Body::AssignParent(m) => {
+            may(is_routing(role))?;
+            same_node(m.parent_id)
+        }
+        Body::Cull(_) => may(is_routing(role)),
+        Body::ChildRemoved(m) => {
+            may(is_routing(role))?;
+            same_node(m.parent_id)
+        }
+        Body::Heartbeat(m) => same_node(m.sender_id),
+        Body::Disconnect(m) => same_node(m.sender_id),
+        Body::InterestSnapshot(_) => Ok(()),
+        Body::Multicast(m) => same_node(m.last_hop),
+    }
+}

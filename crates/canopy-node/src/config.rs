@@ -1,0 +1,280 @@
+//! The daemon's TOML configuration. Every error names the file and, where it can, the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use canopy_tree::TreeConfig;
+use serde::{Deserialize, Serialize};
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// A node's whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where this node accepts tree links, e.g. "127.0.0.1:7401".
+    pub listen: SocketAddr,
+    /// The node's region (must match its certificate).
+    #[serde(default)]
+    pub region: String,
+    pub tls: TlsConfig,
+    /// Every root candidate: how a node finds the root.
+    pub root_candidates: Vec<RootCandidateConfig>,
+    #[serde(default)]
+    pub timers: TimerConfig,
+    #[serde(default)]
+    pub tree: TreeShapeConfig,
+    /// Largest frame accepted on a link, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Keys whose multicasts this node wants (clients).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+fn default_max_frame() -> usize {
+    canopy_proto::DEFAULT_MAX_FRAME_LEN
+}
+
+/// Certificate, key and cluster CA bundle, as PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One root candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootCandidateConfig {
+    pub id: u64,
+    pub address: SocketAddr,
+}
+
+/// Protocol timers in milliseconds. The defaults suit a LAN; across regions raise the
+/// timeouts well above the round-trip time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimerConfig {
+    pub heartbeat_ms: u64,
+    pub child_timeout_ms: u64,
+    pub parent_timeout_ms: u64,
+    pub join_timeout_ms: u64,
+    pub join_backoff_max_ms: u64,
+    pub interest_batch_ms: u64,
+    pub rebalance_ms: u64,
+    pub orphan_grace_ms: u64,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        let tree = TreeConfig::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        TimerConfig {
+            heartbeat_ms: ms(tree.heartbeat_interval),
+            child_timeout_ms: ms(tree.child_timeout),
+            parent_timeout_ms: ms(tree.parent_timeout),
+            join_timeout_ms: ms(tree.join_timeout),
+            join_backoff_max_ms: ms(tree.join_backoff_max),
+            interest_batch_ms: ms(tree.interest_batch_delay),
+            rebalance_ms: ms(tree.rebalance_interval),
+            orphan_grace_ms: ms(tree.orphan_grace),
+        }
+    }
+}
+
+/// Shape limits of the tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TreeShapeConfig {
+    pub max_child_routers: usize,
+    pub max_clients: usize,
+    pub imbalance_bound: u32,
+    pub filter_fp_rate: f64,
+}
+
+impl Default for TreeShapeConfig {
+    fn default() -> Self {
+        let tree = TreeConfig::default();
+        TreeShapeConfig {
+            max_child_routers: tree.max_child_routers,
+            max_clients: tree.max_clients,
+            imbalance_bound: tree.imbalance_bound,
+            filter_fp_rate: tree.filter_fp_rate,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file. TLS paths are taken relative to the file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let mut config = NodeConfig::parse(&text, path)?;
+        if let Some(dir) = path.parent() {
+            for p in [
+                &mut config.tls.ca,
+                &mut config.tls.cert,
+                &mut config.tls.key,
+            ] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config
+            .tree_config()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            })?;
+        if config.root_candidates.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                key: "root_candidates",
+                message: "at least one root candidate is needed".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The protocol settings, or the offending key and why.
+    pub fn tree_config(&self) -> Result<TreeConfig, (&'static str, String)> {
+        let t = &self.timers;
+        let ms = Duration::from_millis;
+        let tree = TreeConfig {
+            heartbeat_interval: ms(t.heartbeat_ms),
+            child_timeout: ms(t.child_timeout_ms),
+            parent_timeout: ms(t.parent_timeout_ms),
+            join_timeout: ms(t.join_timeout_ms),
+            join_backoff_max: ms(t.join_backoff_max_ms),
+            interest_batch_delay: ms(t.interest_batch_ms),
+            rebalance_interval: ms(t.rebalance_ms),
+            orphan_grace: ms(t.orphan_grace_ms),
+            max_child_routers: self.tree.max_child_routers,
+            max_clients: self.tree.max_clients,
+            imbalance_bound: self.tree.imbalance_bound,
+            filter_fp_rate: self.tree.filter_fp_rate,
+        };
+        tree.validate().map_err(|e| {
+            use canopy_tree::ConfigError as E;
+            let key = match &e {
+                E::ZeroTimer(name) | E::TimeoutTooShort(name) | E::ZeroLimit(name) => {
+                    config_key(name)
+                }
+                E::BadFpRate => "tree.filter_fp_rate",
+            };
+            (key, e.to_string())
+        })?;
+        Ok(tree)
+    }
+}
+
+/// The TOML key of a tree setting.
+fn config_key(setting: &str) -> &'static str {
+    match setting {
+        "heartbeat_interval" => "timers.heartbeat_ms",
+        "child_timeout" => "timers.child_timeout_ms",
+        "parent_timeout" => "timers.parent_timeout_ms",
+        "join_timeout" => "timers.join_timeout_ms",
+        "join_backoff_max" => "timers.join_backoff_max_ms",
+        "rebalance_interval" => "timers.rebalance_ms",
+        "orphan_grace" => "timers.orphan_grace_ms",
+        "max_child_routers" => "tree.max_child_routers",
+        "max_clients" => "tree.max_clients",
+        "imbalance_bound" => "tree.imbalance_bound",
+        _ => "timers",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7401"
+region = "eu"
+[tls]
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+[[root_candidates]]
+id = 1
+address = "127.0.0.1:7400"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = NodeConfig::parse(GOOD, Path::new("n.toml")).unwrap();
+        assert_eq!(c.timers, TimerConfig::default());
+        assert_eq!(c.root_candidates.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = GOOD.replace("region = \"eu\"", "regoin = \"eu\"");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml: "), "{err}");
+        assert!(err.contains("regoin"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_file_and_key() {
+        let text = format!("{GOOD}\n[timers]\nheartbeat_ms = 0\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "n.toml: timers.heartbeat_ms: heartbeat_interval must be greater than zero"
+        );
+        let text = format!("{GOOD}\n[timers]\nchild_timeout_ms = 500\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml: timers.child_timeout_ms:"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_reported() {
+        let text = GOOD.replace("127.0.0.1:7401", "not an address");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! The Canopy daemon runtime: a tokio task that drives one `canopy-tree` state machine over
+//! `canopy-net` links, plus the TOML configuration and the per-node counters.
+//!
+//! Protocol decisions stay in `canopy-tree`; this crate only moves inputs in (messages,
+//! timers, application commands) and carries outputs out (sends, wake-ups, deliveries). It
+//! checks that every message is one the sender's certificate allows, and closes the link of
+//! a peer that oversteps its role. It must not depend on the simulator.
+
+mod authorize;
+mod config;
+pub mod local;
+mod runtime;
+mod tags;
+
+pub use authorize::{authorize, Refusal};
+pub use config::{
+    ConfigError, NodeConfig, RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
+};
+pub use runtime::{spawn_node, Delivery, NodeCounters, NodeHandle, NodeStatus, SpawnError};
+pub use tags::key_tag;
+
+/// The tree role a certificate role runs as.
+pub fn tree_role(role: canopy_net::CertRole) -> Option<canopy_tree::Role> {
+    match role {
+        canopy_net::CertRole::RootCandidate => Some(canopy_tree::Role::Root),
+        canopy_net::CertRole::Router => Some(canopy_tree::Role::Router),
+        canopy_net::CertRole::Client => Some(canopy_tree::Role::Client),
+        canopy_net::CertRole::Admin => None,
+    }
+}

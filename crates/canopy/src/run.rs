@@ -1,0 +1,77 @@
+//! `canopy run`: one node from a configuration file, until Ctrl-C.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use canopy_net::{Credentials, NetConfig, NetEndpoint};
+use canopy_node::{key_tag, spawn_node, NodeConfig};
+use canopy_tree::RootCandidate;
+use tracing::info;
+
+pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(config_path)?;
+    let tree = config
+        .tree_config()
+        .map_err(|(key, message)| anyhow::anyhow!("{}: {key}: {message}", config_path.display()))?;
+    let creds = Credentials::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+    let identity = creds.identity().clone();
+    if !config.region.is_empty() && config.region != identity.region {
+        anyhow::bail!(
+            "{}: region: {:?} but the certificate says {:?}",
+            config_path.display(),
+            config.region,
+            identity.region
+        );
+    }
+    let net_config = NetConfig {
+        max_frame_len: config.max_frame_bytes,
+        ..NetConfig::default()
+    };
+    let (endpoint, events) = NetEndpoint::bind(config.listen, creds, net_config)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let roots = config
+        .root_candidates
+        .iter()
+        .map(|r| RootCandidate {
+            id: r.id,
+            address: r.address.to_string(),
+        })
+        .collect();
+    let tags = config
+        .subscribe
+        .iter()
+        .map(|k| key_tag(&identity.cluster, k))
+        .collect();
+    let (handle, mut deliveries) =
+        spawn_node(endpoint, events, tree, roots, seed_from_clock(), tags)?;
+    info!(
+        node = identity.node_id,
+        role = identity.role.as_str(),
+        listen = %handle.address(),
+        "node running"
+    );
+    loop {
+        tokio::select! {
+            d = deliveries.recv() => match d {
+                Some(d) => info!(origin = d.origin, seq = d.origin_seq, bytes = d.payload.len(), "delivery"),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                info!("leaving the tree");
+                handle.leave().await;
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A seed for the node's placement tie-breaking; it need not be secret, only differ
+/// between nodes and runs.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}

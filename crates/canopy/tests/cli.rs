@@ -1,0 +1,175 @@
+//! The `canopy` binary as a user runs it: certificates from the CLI, two real `canopy run`
+//! processes on loopback, and configuration errors that name their file and key.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn canopy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_canopy"))
+}
+
+/// Kills the process when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path, id: u64, port: u16, root_port: u16) -> std::path::PathBuf {
+    let path = dir.join(format!("node-{id}.toml"));
+    let text = format!(
+        r#"listen = "127.0.0.1:{port}"
+region = "lab"
+subscribe = ["k"]
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node-{id}.pem"
+key = "certs/node-{id}.key"
+
+[[root_candidates]]
+id = 1
+address = "127.0.0.1:{root_port}"
+
+[timers]
+heartbeat_ms = 200
+child_timeout_ms = 1000
+parent_timeout_ms = 1000
+join_timeout_ms = 400
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn certs_and_two_processes_form_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    ok(canopy().args(["certs", "init", "--dir", certs_arg, "--cluster", "lab"]));
+    // A second init would orphan every issued certificate: refused without --force.
+    let again = canopy()
+        .args(["certs", "init", "--dir", certs_arg, "--cluster", "lab"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    for (id, role) in [(1, "root-candidate"), (10_000, "client")] {
+        let out = ok(canopy().args([
+            "certs",
+            "issue",
+            "--dir",
+            certs_arg,
+            "--cluster",
+            "lab",
+            "--id",
+            &id.to_string(),
+            "--role",
+            role,
+            "--region",
+            "lab",
+        ]));
+        assert!(
+            out.contains(&format!("canopy://lab/{role}/{id}?region=lab")),
+            "{out}"
+        );
+    }
+    let root_port = free_port();
+    let root_config = write_config(dir.path(), 1, root_port, root_port);
+    let client_config = write_config(dir.path(), 10_000, free_port(), root_port);
+    let _root = Running(
+        canopy()
+            .args(["run", "--config", root_config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut client = canopy()
+        .args(["run", "--config", client_config.to_str().unwrap()])
+        .env("CANOPY_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = client.stderr.take().unwrap();
+    let _client = Running(client);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let attached = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("attached to parent") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("the client never attached: {e}"),
+        }
+    };
+    assert!(attached.contains("parent=1"), "{attached}");
+}
+
+#[test]
+fn bad_config_is_reported_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), 5, 1, 2);
+    let text = std::fs::read_to_string(&path).unwrap() + "rebalance_ms = 0\n";
+    std::fs::write(&path, text).unwrap();
+    let out = canopy()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node-5.toml") && err.contains("timers.rebalance_ms"),
+        "{err}"
+    );
+
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_typo = 3\n").unwrap();
+    let out = canopy()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("node-5.toml") && err.contains("listen_typo"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), 6, free_port(), 2);
+    let out = canopy()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca.pem"), "{err}");
+}
