@@ -215,6 +215,15 @@ impl LocalCluster {
         out
     }
 
+    /// Every running node's counters, to diff against later.
+    pub async fn counters(&self) -> std::collections::HashMap<NodeId, crate::NodeCounters> {
+        self.statuses()
+            .await
+            .into_iter()
+            .map(|s| (s.id, s.counters))
+            .collect()
+    }
+
     /// Checks the tree formed by the running nodes.
     pub async fn check(&self) -> Result<TreeShape, String> {
         let summaries: Vec<NodeSummary> = self

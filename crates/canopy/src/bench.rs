@@ -97,12 +97,7 @@ async fn drive(
         .await
         .map_err(anyhow::Error::msg)?;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let before: HashMap<NodeId, NodeCounters> = cluster
-        .statuses()
-        .await
-        .into_iter()
-        .map(|s| (s.id, s.counters))
-        .collect();
+    let before: HashMap<NodeId, NodeCounters> = cluster.counters().await;
     cluster.take_deliveries();
 
     let publisher = cluster

@@ -111,12 +111,7 @@ async fn drive(
     // Interest travels up in batched heartbeats; a few rounds are plenty on loopback.
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    let before: HashMap<NodeId, NodeCounters> = cluster
-        .statuses()
-        .await
-        .into_iter()
-        .map(|s| (s.id, s.counters))
-        .collect();
+    let before: HashMap<NodeId, NodeCounters> = cluster.counters().await;
     cluster.take_deliveries();
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut owed: HashMap<(NodeId, u64), HashSet<NodeId>> = HashMap::new();
