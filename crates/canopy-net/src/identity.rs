@@ -141,6 +141,10 @@ impl Identity {
 
     /// Checks that every field can be carried in the certificate names unambiguously.
     pub fn validate(&self) -> Result<(), String> {
+        // 0 means "unknown" on the wire (e.g. a redirect without a leader hint).
+        if self.node_id == 0 {
+            return Err("node id 0 is reserved".into());
+        }
         validate_cluster(&self.cluster)?;
         validate_region(&self.region)
     }

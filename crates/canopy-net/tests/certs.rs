@@ -190,3 +190,12 @@ fn load_names_the_failing_file() {
     let err = Credentials::load(&ca_path, &cert_path, &key_path).expect_err("bad CA");
     assert!(err.to_string().contains("ca.pem"), "{err}");
 }
+
+#[test]
+fn node_id_zero_is_reserved() {
+    let ca = ca();
+    let mut zero = identity(5, CertRole::Client);
+    zero.node_id = 0;
+    let (not_before, not_after) = default_validity();
+    assert!(ca.issue(&zero, not_before, not_after).is_err());
+}
