@@ -127,11 +127,6 @@ impl TreeView {
         self.client_load.len()
     }
 
-    /// Attached routers ordered by direct client load, lightest first.
-    pub fn routers_by_load(&self) -> impl DoubleEndedIterator<Item = (NodeId, u32)> + '_ {
-        self.client_load.iter().map(|&(load, _, id)| (id, load))
-    }
-
     /// Attached routers of each region, ordered by load, lightest first.
     pub fn regions(&self) -> impl Iterator<Item = (&str, Vec<(NodeId, u32)>)> + '_ {
         self.client_load_by_region.iter().map(|(region, set)| {
@@ -170,12 +165,13 @@ impl TreeView {
 
     /// Where a joining client goes: the least-loaded attached router of its region with
     /// room, else the least-loaded router with room anywhere, else the least-loaded router;
-    /// the root only while there are no routers.
-    pub fn place_client(&self, region: &str, exclude: Option<NodeId>) -> NodeId {
+    /// the root only while there are no routers. Like a router, a joiner already in the
+    /// view is never placed inside its own subtree (a node whose role changed).
+    pub fn place_client(&self, joiner: NodeId, region: &str, exclude: Option<NodeId>) -> NodeId {
         let max = self.max_clients;
         let pick = |set: &BTreeSet<LoadKey>, need_room: bool| {
             set.iter()
-                .filter(|&&(_, _, id)| Some(id) != exclude)
+                .filter(|&&(_, _, id)| Some(id) != exclude && !self.is_ancestor_or_self(joiner, id))
                 .find(|&&(load, _, _)| !need_room || load < max)
                 .map(|&(_, _, id)| id)
         };
@@ -200,7 +196,11 @@ impl TreeView {
         assignment_id: u64,
         salt: u64,
     ) {
-        if node == self.root || !self.nodes.contains_key(&parent) {
+        // The parent must exist and lie outside the node's own subtree.
+        if node == self.root
+            || !self.nodes.contains_key(&parent)
+            || self.is_ancestor_or_self(node, parent)
+        {
             return;
         }
         let is_new = !self.nodes.contains_key(&node);

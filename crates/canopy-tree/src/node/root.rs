@@ -56,7 +56,7 @@ impl Node {
             .then(|| root.view.get(from).and_then(|e| e.parent))
             .flatten();
         let parent = match role {
-            Role::Client => root.view.place_client(&request.region, exclude),
+            Role::Client => root.view.place_client(from, &request.region, exclude),
             _ => root.view.place_router(from, exclude),
         };
         let assignment_id = root.next_assignment;
