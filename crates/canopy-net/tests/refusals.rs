@@ -41,6 +41,23 @@ async fn refused_dialer(
     bad.shutdown().await;
 }
 
+/// Dials `server` with a raw client whose certificate TLS accepts but whose identity the
+/// server must refuse; returns the close reason.
+async fn identity_refusal(config: quinn::ClientConfig, server: &NetEndpoint) -> String {
+    let client = raw_client(config);
+    let conn = client
+        .connect(
+            server.local_addr(),
+            &canopy_net::server_name_for(CLUSTER, SERVER),
+        )
+        .expect("connect")
+        .await
+        .expect("TLS accepts the chain");
+    let reason = closed_with_code(&conn, canopy_net::CLOSE_IDENTITY).await;
+    client.close(0u32.into(), b"");
+    reason
+}
+
 fn leaf_params(node_id: u64) -> CertificateParams {
     let id = identity(node_id, CertRole::Router);
     let mut params = CertificateParams::default();
@@ -222,18 +239,9 @@ async fn peer_from_another_cluster_is_refused() {
     let creds = Credentials::from_pem(&ca.cert_pem, &cert.cert_pem, &cert.key_pem).expect("creds");
     let transport =
         std::sync::Arc::new(NetConfig::default().transport_config().expect("transport"));
-    let client = raw_client(creds.quic_client_config(transport).expect("client config"));
-    let conn = client
-        .connect(
-            server.local_addr(),
-            &canopy_net::server_name_for(CLUSTER, SERVER),
-        )
-        .expect("connect")
-        .await
-        .expect("TLS accepts the chain");
-    let reason = closed_with_code(&conn, canopy_net::CLOSE_IDENTITY).await;
+    let config = creds.quic_client_config(transport).expect("client config");
+    let reason = identity_refusal(config, &server).await;
     assert!(reason.contains("other"), "{reason}");
-    client.close(0u32.into(), b"");
     good_peer_works(&ca, &server, &mut rx, 1, &[25]).await;
     server.shutdown().await;
 }
@@ -262,18 +270,9 @@ async fn certificate_without_identity_is_refused() {
         .expect("client cert");
     tls.alpn_protocols = vec![canopy_net::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let client = raw_client(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = client
-        .connect(
-            server.local_addr(),
-            &canopy_net::server_name_for(CLUSTER, SERVER),
-        )
-        .expect("connect")
-        .await
-        .expect("TLS accepts the chain");
-    let reason = closed_with_code(&conn, canopy_net::CLOSE_IDENTITY).await;
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let reason = identity_refusal(config, &server).await;
     assert!(reason.contains("URI SAN"), "{reason}");
-    client.close(0u32.into(), b"");
     good_peer_works(&ca, &server, &mut rx, 1, &[26]).await;
     server.shutdown().await;
 }

@@ -25,16 +25,23 @@ pub enum Topology {
     Star,
 }
 
-/// One experiment's settings.
-#[derive(Debug, Clone)]
+/// One experiment's settings (also the `congestion` command's flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct CongestionParams {
+    #[arg(long)]
     pub clients: usize,
+    #[arg(long)]
     pub routers: usize,
+    #[arg(long, default_value_t = 4)]
     pub max_child_routers: usize,
+    #[arg(long, default_value_t = 64)]
     pub max_clients: usize,
+    #[arg(long, default_value_t = 20)]
     pub multicasts: usize,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Fraction of clients subscribed to the experiment's key.
+    #[arg(long, default_value_t = 1.0)]
     pub interest_fraction: f64,
 }
 

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_proto::{Body, ControlMessage};
-use canopy_tree::{
-    Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent,
-};
+use canopy_tree::{Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig};
 
 /// Latency of a link: `base` plus a per-link constant in `[0, jitter)` drawn from the seed.
 /// Constant per link, so messages on one link arrive in order (as on a QUIC stream).
@@ -91,7 +89,6 @@ pub struct Sim {
     deliveries: Vec<SimDelivery>,
     /// Every multicast copy sent, when recording is on.
     multicast_hops: Option<Vec<MulticastHop>>,
-    events: Option<Vec<(Time, NodeId, TreeEvent)>>,
     messages_lost: u64,
     events_processed: u64,
 }
@@ -124,7 +121,6 @@ impl Sim {
             outputs: Vec::new(),
             deliveries: Vec::new(),
             multicast_hops: None,
-            events: None,
             messages_lost: 0,
             events_processed: 0,
         }
@@ -133,11 +129,6 @@ impl Sim {
     /// Records every multicast copy sent (for tests; costs memory).
     pub fn record_multicast_hops(&mut self) {
         self.multicast_hops = Some(Vec::new());
-    }
-
-    /// Records every tree event (for tests and debugging; costs memory).
-    pub fn record_events(&mut self) {
-        self.events = Some(Vec::new());
     }
 
     /// The tree settings every node uses.
@@ -233,11 +224,6 @@ impl Sim {
     /// Every multicast copy sent since the counters were last reset, if recording.
     pub fn multicast_hops(&self) -> Option<&[MulticastHop]> {
         self.multicast_hops.as_deref()
-    }
-
-    /// Recorded tree events, if recording.
-    pub fn events(&self) -> Option<&[(Time, NodeId, TreeEvent)]> {
-        self.events.as_deref()
     }
 
     /// Messages addressed to crashed or departed nodes.
@@ -353,11 +339,8 @@ impl Sim {
                 origin_seq: m.origin_seq,
                 key_tag: m.key_tag,
             }),
-            Output::Event(event) => {
-                if let Some(events) = &mut self.events {
-                    events.push((self.now, from, event));
-                }
-            }
+            // Tree events are for logs; the simulator measures through counters.
+            Output::Event(_) => {}
         }
     }
 }

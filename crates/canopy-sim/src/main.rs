@@ -23,21 +23,8 @@ struct Cli {
 enum Command {
     /// Messages per multicast at the root and every node, tree against star.
     Congestion {
-        #[arg(long)]
-        clients: usize,
-        #[arg(long)]
-        routers: usize,
-        #[arg(long, default_value_t = 4)]
-        max_child_routers: usize,
-        #[arg(long, default_value_t = 64)]
-        max_clients: usize,
-        #[arg(long, default_value_t = 20)]
-        multicasts: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Fraction of clients subscribed to the multicast's key.
-        #[arg(long, default_value_t = 1.0)]
-        interest_fraction: f64,
+        #[command(flatten)]
+        params: CongestionParams,
         /// Print one JSON object as the last stdout line.
         #[arg(long)]
         json: bool,
@@ -90,31 +77,13 @@ fn run_one(params: &CongestionParams, topology: Topology) -> anyhow::Result<Cong
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Congestion {
-            clients,
-            routers,
-            max_child_routers,
-            max_clients,
-            multicasts,
-            seed,
-            interest_fraction,
-            json,
-        } => {
-            if clients == 0 {
+        Command::Congestion { params, json } => {
+            if params.clients == 0 {
                 bail!("--clients must be at least 1");
             }
-            if !(0.0..=1.0).contains(&interest_fraction) {
+            if !(0.0..=1.0).contains(&params.interest_fraction) {
                 bail!("--interest-fraction must be between 0 and 1");
             }
-            let params = CongestionParams {
-                clients,
-                routers,
-                max_child_routers,
-                max_clients,
-                multicasts,
-                seed,
-                interest_fraction,
-            };
             let started = Instant::now();
             let tree = run_one(&params, Topology::Tree)?;
             let star = run_one(&params, Topology::Star)?;
@@ -136,9 +105,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let summary = serde_json::json!({
-                "clients": clients,
-                "routers": routers,
-                "multicasts": multicasts,
+                "clients": params.clients,
+                "routers": params.routers,
+                "multicasts": params.multicasts,
                 "results": [tree, star],
             });
             println!("{summary}");

@@ -66,11 +66,6 @@ impl InterestFilter {
             None => true,
         }
     }
-
-    /// Bytes of memory the filter uses.
-    pub fn memory_usage(&self) -> usize {
-        self.filter.as_ref().map_or(0, |f| f.memory_usage())
-    }
 }
 
 /// A node's aggregate interest: its own subscriptions plus its children's, with counts and

@@ -131,30 +131,34 @@ fn certs_and_two_processes_form_a_tree() {
     assert!(attached.contains("parent=1"), "{attached}");
 }
 
+/// Runs `canopy run --config path`, which must fail, and returns its stderr.
+fn run_fails(path: &Path) -> String {
+    let out = canopy()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "canopy run should refuse {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_config_is_reported_with_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), 5, 1, 2);
     let text = std::fs::read_to_string(&path).unwrap() + "rebalance_ms = 0\n";
     std::fs::write(&path, text).unwrap();
-    let out = canopy()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&path);
     assert!(
         err.contains("node-5.toml") && err.contains("timers.rebalance_ms"),
         "{err}"
     );
 
     std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_typo = 3\n").unwrap();
-    let out = canopy()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_fails(&path);
     assert!(
         err.contains("node-5.toml") && err.contains("listen_typo"),
         "{err}"
@@ -165,11 +169,6 @@ fn bad_config_is_reported_with_file_and_key() {
 fn missing_certificate_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), 6, free_port(), 2);
-    let out = canopy()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&path);
     assert!(err.contains("ca.pem"), "{err}");
 }
