@@ -81,9 +81,17 @@ pub fn authorize(from: &Identity, msg: &ControlMessage) -> Result<(), Refusal> {
             })
         }
     };
-    // Admin certificates are for the CLI, never for tree traffic.
+    // Admin certificates are for the CLI: operator requests and nothing else.
+    if let Body::AdminRequest(_) = body {
+        return may(role == CertRole::Admin);
+    }
     may(role != CertRole::Admin)?;
     match body {
+        Body::AdminRequest(_) => Ok(()),
+        // Only root candidates take part in Raft and answer operators.
+        Body::RaftRequest(_) | Body::RaftResponse(_) | Body::AdminResponse(_) => {
+            may(is_rooty(role))
+        }
         Body::JoinRequest(m) => {
             same_node(m.node_id)?;
             same_role(m.role)

@@ -364,6 +364,7 @@ impl Runtime {
                 }
             }
             Output::Event(event) => log_event(self.node.id(), &event),
+            Output::Propose { .. } => {}
         }
     }
 

@@ -38,6 +38,10 @@ impl ControlMessage {
             Some(Body::Disconnect(_)) => "disconnect",
             Some(Body::ChildRemoved(_)) => "child_removed",
             Some(Body::Multicast(_)) => "multicast",
+            Some(Body::RaftRequest(_)) => "raft_request",
+            Some(Body::RaftResponse(_)) => "raft_response",
+            Some(Body::AdminRequest(_)) => "admin_request",
+            Some(Body::AdminResponse(_)) => "admin_response",
         }
     }
 }

@@ -341,6 +341,8 @@ impl Sim {
             }),
             // Tree events are for logs; the simulator measures through counters.
             Output::Event(_) => {}
+            // The simulated root is not replicated: its decisions commit as it makes them.
+            Output::Propose { .. } => {}
         }
     }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use canopy_proto::v1::Multicast;
 use canopy_proto::ControlMessage;
 
-use crate::{KeyTag, NodeId, Time};
+use crate::{KeyTag, NodeId, Time, TreeView, ViewChange};
 
 /// Something that happened to a node.
 #[derive(Debug, Clone)]
@@ -25,6 +25,13 @@ pub enum Input {
     Leave,
     /// The transport lost its connection to a peer (the node treats the link as dead).
     LinkClosed { peer: NodeId },
+    /// A replicated root candidate now leads: serve as root with this committed view (its
+    /// `NewRoot` change already applied).
+    BecomeRoot { view: Box<TreeView> },
+    /// A replicated root candidate no longer leads (`leader` if known): stop acting as root.
+    StepDown { leader: Option<NodeId> },
+    /// Every proposal up to and including sequence number `up_to` is committed.
+    Committed { up_to: u64 },
 }
 
 /// Something the driver must do for the node.
@@ -40,6 +47,10 @@ pub enum Output {
     Deliver(Multicast),
     /// A state change worth logging or counting.
     Event(TreeEvent),
+    /// A replicated root must commit this change (through Raft) and then answer with
+    /// [`Input::Committed`]; the actions that depend on it are held until then. Sequence
+    /// numbers rise by one per proposal and must be committed in order.
+    Propose { seq: u64, change: ViewChange },
 }
 
 /// Why a child stopped being a child.
@@ -107,4 +118,10 @@ pub enum TreeEvent {
     Culled { count: u64 },
     /// A publish could not go up because the node has no parent right now.
     PublishedWhileDetached,
+    /// This candidate started serving as root, at this topology epoch.
+    BecameRoot { epoch: u64 },
+    /// This candidate stopped serving as root; its children rejoin through the leader.
+    SteppedDown { leader: Option<NodeId> },
+    /// Held root actions were released after their changes committed.
+    ActionsReleased { count: usize },
 }

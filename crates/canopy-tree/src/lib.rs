@@ -24,7 +24,7 @@ pub use interest::{InterestFilter, InterestTable};
 pub use io::{DropReason, Input, Output, RemovalReason, TreeEvent};
 pub use node::{ChildInfo, Node, RootCandidate};
 pub use shape::{check_structure, NodeSummary, TreeShape};
-pub use view::{TreeView, ViewEntry};
+pub use view::{TreeView, ViewChange, ViewEntry, ViewRecord, ViewSnapshot};
 
 /// A node's identity in the tree (derived from its certificate in the daemon).
 pub type NodeId = u64;
@@ -40,8 +40,9 @@ pub type Time = std::time::Duration;
 
 /// What a node is in the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Role {
-    /// The root router (in a later issue: the Raft leader among the root candidates).
+    /// A root candidate; it serves as the root router while it leads the Raft group.
     Root,
     /// An interior router: forwards and filters, never delivers application data.
     Router,

@@ -195,7 +195,7 @@ impl Node {
         self.schedule_interest_flush(now);
         out.push(Output::Event(TreeEvent::ChildRemoved { child, reason }));
         if self.root.is_some() {
-            self.root_forget(child, self.id, link.assignment_id, now);
+            self.root_forget(child, self.id, link.assignment_id, now, out);
         } else if let Some(leader) = self.leader() {
             let report = ChildRemoved {
                 parent_id: self.id,

@@ -1,6 +1,7 @@
 //! One tree node: its state, the input dispatcher and the timers.
 
 mod children;
+mod leadership;
 mod membership;
 mod root;
 mod routing;
@@ -81,7 +82,13 @@ pub struct Node {
     requested_wake: Option<Time>,
     origin_seq: u64,
     key_seqs: HashMap<KeyTag, u64, FixedState>,
+    /// Present while this node serves as root.
     root: Option<Box<RootState>>,
+    /// A root candidate whose decisions go through Raft: it serves as root only between
+    /// `Input::BecomeRoot` and `Input::StepDown`.
+    replicated: bool,
+    /// The leader a replicated candidate last heard of (for redirecting joiners).
+    known_leader: Option<NodeId>,
 }
 
 impl Node {
@@ -119,7 +126,19 @@ impl Node {
             origin_seq: 0,
             key_seqs: HashMap::default(),
             root: None,
+            replicated: false,
+            known_leader: None,
         }
+    }
+
+    /// Makes a root candidate replicated: it starts as a follower, serves as root only while
+    /// its driver says it leads, and proposes every structural decision for commit before
+    /// acting on it. Without this a root serves alone from the start and commits at once
+    /// (the simulator's single root).
+    #[must_use]
+    pub fn replicated(mut self) -> Node {
+        self.replicated = true;
+        self
     }
 
     /// Feeds one input at time `now` and returns what the driver must do.
@@ -156,6 +175,9 @@ impl Node {
                 return;
             }
             Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
+            Input::BecomeRoot { view } => self.become_root(*view, now, out),
+            Input::StepDown { leader } => self.step_down(leader, out),
+            Input::Committed { up_to } => self.on_committed(up_to, now, out),
         }
         self.request_wake(out);
     }
@@ -169,8 +191,11 @@ impl Node {
         let interval = self.config.heartbeat_interval;
         self.next_heartbeat = now + interval.mul_f64(self.rng.random::<f64>());
         if self.role == Role::Root {
-            self.epoch = 1;
-            self.root = Some(Box::new(RootState::new(self, now)));
+            if !self.replicated {
+                let view = TreeView::new(self.id, &self.region, &self.address, &self.config);
+                self.epoch = view.epoch;
+                self.root = Some(Box::new(RootState::new(view, now, &self.config, false)));
+            }
         } else {
             self.begin_join(now, out);
         }
@@ -195,6 +220,13 @@ impl Node {
             Body::Disconnect(disconnect) => self.on_disconnect(from, disconnect, now, out),
             Body::ChildRemoved(removed) => self.root_on_child_removed(from, removed, now, out),
             Body::Multicast(multicast) => self.on_multicast(from, multicast, out),
+            // Raft and operator traffic belongs to the driver, never to the tree.
+            Body::RaftRequest(_)
+            | Body::RaftResponse(_)
+            | Body::AdminRequest(_)
+            | Body::AdminResponse(_) => {
+                self.dropped(from, kind, DropReason::UnexpectedMessage, out);
+            }
         }
     }
 
@@ -341,6 +373,21 @@ impl Node {
     /// The node's aggregate interest (own subscriptions plus its children's).
     pub fn interest(&self) -> &InterestTable {
         &self.interest
+    }
+
+    /// Whether this node serves as root right now.
+    pub fn is_serving_root(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// Actions a replicated root holds until their decisions commit.
+    pub fn held_actions(&self) -> usize {
+        self.root.as_ref().map_or(0, |r| r.held_actions())
+    }
+
+    /// The leader a replicated candidate last heard of.
+    pub fn known_leader(&self) -> Option<NodeId> {
+        self.known_leader
     }
 
     /// The root's replicated tree view (`None` on other nodes).

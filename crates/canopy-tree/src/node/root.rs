@@ -1,32 +1,75 @@
 //! The root's duties: placing joiners, keeping the tree view, rebalancing with culls.
 //!
-//! Every structural decision is first recorded in the [`TreeView`] and only then acted on,
-//! which is the order the Raft-replicated root will keep (commit, then act).
+//! Every structural decision is a [`ViewChange`]: the root applies it to its [`TreeView`]
+//! and, when the root is replicated, proposes it for commit through Raft. Whatever the
+//! decision leads to (an `AdoptChild`, an `AssignParent`, a culling `Disconnect`) is held
+//! until everything proposed so far is committed: commit, then act.
+
+use std::collections::{BTreeMap, VecDeque};
 
 use canopy_proto::v1::{
-    disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest,
+    disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
 };
 use canopy_proto::Body;
 use rand::Rng;
 
 use super::Node;
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
-use crate::{NodeId, Role, Time, TreeView};
+use crate::{NodeId, Role, Time, TreeConfig, TreeView, ViewChange};
+
+/// What a root does once the decisions before it are committed.
+#[derive(Debug, Clone)]
+pub(super) enum HeldAction {
+    Send {
+        to: NodeId,
+        body: Body,
+    },
+    Adopt {
+        child: NodeId,
+        role: Role,
+        address: String,
+        assignment_id: u64,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct RootState {
     pub(super) view: TreeView,
     next_assignment: u64,
     pub(super) next_rebalance: Time,
+    /// Decisions go through Raft (`Output::Propose`) and actions wait for the commit.
+    replicated: bool,
+    /// Sequence number of the last proposal, and the highest one known committed.
+    proposed: u64,
+    committed: u64,
+    /// Actions waiting for the proposal with this sequence number to commit.
+    held: VecDeque<(u64, Vec<HeldAction>)>,
+    /// The old root's children after a failover, with the time by which they must rejoin.
+    awaiting_rejoin: BTreeMap<NodeId, Time>,
 }
 
 impl RootState {
-    pub(super) fn new(node: &Node, now: Time) -> Self {
+    pub(super) fn new(view: TreeView, now: Time, config: &TreeConfig, replicated: bool) -> Self {
         RootState {
-            view: TreeView::new(node.id, &node.region, &node.address, &node.config),
-            next_assignment: 1,
-            next_rebalance: now + node.config.rebalance_interval,
+            next_assignment: view.max_assignment() + 1,
+            view,
+            next_rebalance: now + config.rebalance_interval,
+            replicated,
+            proposed: 0,
+            committed: 0,
+            held: VecDeque::new(),
+            awaiting_rejoin: BTreeMap::new(),
         }
+    }
+
+    pub(super) fn expect_rejoin(&mut self, children: Vec<NodeId>, deadline: Time) {
+        self.awaiting_rejoin
+            .extend(children.into_iter().map(|id| (id, deadline)));
+    }
+
+    /// How many actions wait for a commit.
+    pub(super) fn held_actions(&self) -> usize {
+        self.held.iter().map(|(_, actions)| actions.len()).sum()
     }
 }
 
@@ -39,7 +82,11 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         if self.root.is_none() {
-            self.dropped(from, "join_request", DropReason::UnexpectedMessage, out);
+            if self.role.is_root() {
+                self.redirect_to_leader(from, out);
+            } else {
+                self.dropped(from, "join_request", DropReason::UnexpectedMessage, out);
+            }
             return;
         }
         let role = Role::from_proto(request.role).filter(|r| !r.is_root());
@@ -55,28 +102,43 @@ impl Node {
         let exclude = (request.attempt > 0)
             .then(|| root.view.get(from).and_then(|e| e.parent))
             .flatten();
+        // A router the view already keeps under this root (its link broke, or a failover
+        // made this the root) goes back where it was, so the tree below it stays as it is.
+        let in_place = role.is_router()
+            && root
+                .view
+                .get(from)
+                .is_some_and(|e| e.role == role && e.parent == Some(self.id));
         let parent = match role {
+            _ if in_place => self.id,
             Role::Client => root.view.place_client(from, &request.region, exclude),
             _ => root.view.place_router(from, exclude),
         };
         let assignment_id = root.next_assignment;
         root.next_assignment += 1;
-        root.view.assign(
-            from,
+        root.awaiting_rejoin.remove(&from);
+        let change = ViewChange::Assign {
+            node: from,
             role,
-            &request.region,
-            &request.address,
+            region: request.region.clone(),
+            address: request.address.clone(),
             parent,
             assignment_id,
             salt,
-        );
+        };
+        self.root_decide(change, out);
         out.push(Output::Event(TreeEvent::Placed {
             node: from,
             parent,
             assignment_id,
         }));
-        if parent == self.id {
-            self.adopt(from, role, request.address, assignment_id, now, out);
+        let action = if parent == self.id {
+            HeldAction::Adopt {
+                child: from,
+                role,
+                address: request.address,
+                assignment_id,
+            }
         } else {
             let adopt = AdoptChild {
                 child_id: from,
@@ -85,7 +147,92 @@ impl Node {
                 address: request.address,
                 assignment_id,
             };
-            self.send(parent, Body::AdoptChild(adopt), out);
+            HeldAction::Send {
+                to: parent,
+                body: Body::AdoptChild(adopt),
+            }
+        };
+        self.root_after_commit(action, now, out);
+    }
+
+    /// A candidate that does not lead answers a joiner with the leader it knows of.
+    fn redirect_to_leader(&self, joiner: NodeId, out: &mut Vec<Output>) {
+        let leader = self
+            .known_leader
+            .filter(|&l| l != self.id)
+            .and_then(|l| self.roots.iter().find(|r| r.id == l));
+        let redirect = NotLeader {
+            leader_hint: leader.map_or(0, |r| r.id),
+            leader_address: leader.map(|r| r.address.clone()).unwrap_or_default(),
+        };
+        self.send(joiner, Body::NotLeader(redirect), out);
+    }
+
+    /// Records a structural decision in the view and, on a replicated root, proposes it.
+    fn root_decide(&mut self, change: ViewChange, out: &mut Vec<Output>) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        root.view.apply(&change);
+        if root.replicated {
+            root.proposed += 1;
+            out.push(Output::Propose {
+                seq: root.proposed,
+                change,
+            });
+        }
+    }
+
+    /// Carries out `action` once every decision made so far is committed.
+    pub(super) fn root_after_commit(
+        &mut self,
+        action: HeldAction,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        if root.proposed > root.committed {
+            let seq = root.proposed;
+            match root.held.back_mut() {
+                Some((last, actions)) if *last == seq => actions.push(action),
+                _ => root.held.push_back((seq, vec![action])),
+            }
+            return;
+        }
+        self.run_held(action, now, out);
+    }
+
+    /// Proposals up to `up_to` are committed: release what waited for them, in order.
+    pub(super) fn on_committed(&mut self, up_to: u64, now: Time, out: &mut Vec<Output>) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        root.committed = root.committed.max(up_to.min(root.proposed));
+        let mut ready = Vec::new();
+        while root.held.front().is_some_and(|(seq, _)| *seq <= up_to) {
+            if let Some((_, actions)) = root.held.pop_front() {
+                ready.extend(actions);
+            }
+        }
+        if !ready.is_empty() {
+            out.push(Output::Event(TreeEvent::ActionsReleased { count: ready.len() }));
+        }
+        for action in ready {
+            self.run_held(action, now, out);
+        }
+    }
+
+    fn run_held(&mut self, action: HeldAction, now: Time, out: &mut Vec<Output>) {
+        match action {
+            HeldAction::Send { to, body } => self.send(to, body, out),
+            HeldAction::Adopt {
+                child,
+                role,
+                address,
+                assignment_id,
+            } => self.adopt(child, role, address, assignment_id, now, out),
         }
     }
 
@@ -100,7 +247,7 @@ impl Node {
             self.dropped(from, "child_removed", DropReason::UnexpectedMessage, out);
             return;
         }
-        self.root_forget(removed.child_id, from, removed.assignment_id, now);
+        self.root_forget(removed.child_id, from, removed.assignment_id, now, out);
     }
 
     /// Removes `child` from the view if the report is about its current placement (a report
@@ -111,6 +258,7 @@ impl Node {
         parent: NodeId,
         assignment_id: u64,
         now: Time,
+        out: &mut Vec<Output>,
     ) {
         let Some(root) = self.root.as_mut() else {
             return;
@@ -120,7 +268,7 @@ impl Node {
             .get(child)
             .is_some_and(|e| e.parent == Some(parent) && e.assignment_id == assignment_id);
         if current {
-            root.view.remove(child, now);
+            self.root_decide(ViewChange::Remove { node: child, at: now }, out);
         }
     }
 
@@ -132,7 +280,24 @@ impl Node {
             return;
         }
         root.next_rebalance = now + self.config.rebalance_interval;
-        root.view.expire_detached(now, self.config.orphan_grace);
+        let mut gone = root.view.expired_detached(now, self.config.orphan_grace);
+        // Children of the old root that did not come back after a failover.
+        let root_id = self.id;
+        let overdue: Vec<NodeId> = root
+            .awaiting_rejoin
+            .iter()
+            .filter(|&(_, &deadline)| now > deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in overdue {
+            root.awaiting_rejoin.remove(&id);
+            if root.view.get(id).is_some_and(|e| e.parent == Some(root_id)) {
+                gone.push(id);
+            }
+        }
+        for node in gone {
+            self.root_decide(ViewChange::Remove { node, at: now }, out);
+        }
         self.rebalance(now, out);
     }
 
@@ -174,13 +339,15 @@ impl Node {
             .map(|(&id, _)| id)
             .collect();
         for client in own_clients {
+            self.remove_child(client, RemovalReason::Culled, now, out);
             let disconnect = Disconnect {
                 sender_id: self.id,
                 reason: Reason::Culled as i32,
                 rejoin: true,
             };
-            self.send(client, Body::Disconnect(disconnect), out);
-            self.remove_child(client, RemovalReason::Culled, now, out);
+            let to = client;
+            let body = Body::Disconnect(disconnect);
+            self.root_after_commit(HeldAction::Send { to, body }, now, out);
         }
         for (router, count) in culls {
             self.send(router, Body::Cull(Cull { count }), out);

@@ -17,7 +17,9 @@ use canopy_tree::proto::v1::{
     JoinRequest, Multicast, Reattach,
 };
 use canopy_tree::proto::{Body, ControlMessage};
-use canopy_tree::{Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent};
+use canopy_tree::{
+    Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent, ViewChange,
+};
 
 /// The id of the root in every test.
 pub const ROOT: NodeId = 1;
@@ -89,6 +91,8 @@ pub struct Net {
     pub events: Vec<(NodeId, TreeEvent)>,
     /// Every multicast delivered to an application, with the receiving node.
     pub delivered: Vec<(NodeId, Multicast)>,
+    /// Changes replicated roots proposed, with their sequence numbers.
+    pub proposals: Vec<(NodeId, u64, ViewChange)>,
     /// Nodes that are dead: not ticked, and messages to them are lost.
     pub down: BTreeSet<NodeId>,
     /// Directed links (from, to) that lose every message.
@@ -107,6 +111,7 @@ impl Net {
             lost: Vec::new(),
             events: Vec::new(),
             delivered: Vec::new(),
+            proposals: Vec::new(),
             down: BTreeSet::new(),
             cut: BTreeSet::new(),
         };
@@ -191,6 +196,9 @@ impl Net {
                 Output::Event(e) => self.events.push((id, e.clone())),
                 Output::Deliver(m) => self.delivered.push((id, m.clone())),
                 Output::WakeAt(_) => {}
+                Output::Propose { seq, change } => {
+                    self.proposals.push((id, *seq, change.clone()));
+                }
             }
         }
         out

@@ -1,12 +1,15 @@
 //! The root's view of the tree: every node's role, region, address and assigned parent,
-//! plus the indexes that make placement O(log n). This is the state a later issue
-//! replicates through Raft; it changes only through [`TreeView::assign`] and
-//! [`TreeView::remove`].
+//! plus the indexes that make placement O(log n). The root candidates replicate it through
+//! Raft as a sequence of [`ViewChange`]s; it changes only through [`TreeView::apply`].
+
+mod replication;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::interest::FixedState;
 use crate::{NodeId, Role, Time};
+
+pub use replication::{ViewChange, ViewRecord, ViewSnapshot};
 
 /// What the root knows of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,9 @@ pub struct TreeView {
     max_clients: u32,
     /// Bumped whenever the root changes; flows down in heartbeats.
     pub epoch: u64,
+    /// Highest assignment id ever recorded: a new root numbers on from here, so nodes never
+    /// see an assignment id go backwards across failovers.
+    max_assignment: u64,
 }
 
 impl TreeView {
@@ -75,6 +81,7 @@ impl TreeView {
             max_child_routers: u32::try_from(config.max_child_routers).unwrap_or(u32::MAX),
             max_clients: u32::try_from(config.max_clients).unwrap_or(u32::MAX),
             epoch: 1,
+            max_assignment: 0,
         };
         view.nodes.insert(
             root,
@@ -100,6 +107,11 @@ impl TreeView {
     /// The root's id.
     pub fn root(&self) -> NodeId {
         self.root
+    }
+
+    /// The highest assignment id recorded so far.
+    pub fn max_assignment(&self) -> u64 {
+        self.max_assignment
     }
 
     /// One node's entry.
@@ -186,7 +198,7 @@ impl TreeView {
     /// Records that `node` was placed under `parent` by assignment `assignment_id`. A node
     /// already in the view moves with its subtree.
     #[allow(clippy::too_many_arguments)]
-    pub fn assign(
+    fn assign(
         &mut self,
         node: NodeId,
         role: Role,
@@ -203,6 +215,7 @@ impl TreeView {
         {
             return;
         }
+        self.max_assignment = self.max_assignment.max(assignment_id);
         let is_new = !self.nodes.contains_key(&node);
         if !is_new {
             self.unlink(node);
@@ -275,7 +288,7 @@ impl TreeView {
 
     /// Removes `node`; its children stay (with their subtrees) but are detached until they
     /// rejoin or their grace period runs out.
-    pub fn remove(&mut self, node: NodeId, now: Time) {
+    fn remove(&mut self, node: NodeId, now: Time) {
         if node == self.root || !self.nodes.contains_key(&node) {
             return;
         }
@@ -311,18 +324,13 @@ impl TreeView {
         }
     }
 
-    /// Drops detached nodes that did not rejoin within `grace`; returns how many.
-    pub fn expire_detached(&mut self, now: Time, grace: Time) -> usize {
-        let expired: Vec<NodeId> = self
-            .detached
+    /// Detached nodes that did not rejoin within `grace` (the root removes them).
+    pub fn expired_detached(&self, now: Time, grace: Time) -> Vec<NodeId> {
+        self.detached
             .iter()
             .take_while(|(since, _)| now.saturating_sub(*since) > grace)
             .map(|&(_, id)| id)
-            .collect();
-        for &id in &expired {
-            self.remove(id, now);
-        }
-        expired.len()
+            .collect()
     }
 
     /// Takes `node` off its parent's child list (the node keeps its own subtree).
