@@ -18,6 +18,7 @@ impl Node {
         self.joining = Some(JoinState {
             attempt: 0,
             retry_at: now + self.join_backoff(0),
+            redirected: false,
         });
         self.send_join(0, out);
     }
@@ -31,6 +32,7 @@ impl Node {
         self.joining = Some(JoinState {
             attempt,
             retry_at: now + self.join_backoff(attempt),
+            redirected: false,
         });
         self.send_join(attempt, out);
     }
@@ -72,14 +74,19 @@ impl Node {
             self.dropped(from, "not_leader", DropReason::UnexpectedMessage, out);
             return;
         }
-        if let Some(index) = self.roots.iter().position(|r| r.id == redirect.leader_hint) {
-            self.leader_index = index;
-            self.joining = Some(JoinState {
-                attempt: 0,
-                retry_at: now + self.config.join_timeout,
-            });
-            self.send_join(0, out);
-        }
+        let Some(index) = self.roots.iter().position(|r| r.id == redirect.leader_hint) else {
+            return;
+        };
+        let Some(join) = self.joining.as_mut().filter(|j| !j.redirected) else {
+            return;
+        };
+        // The same attempt, not a fresh one: a retry stays a retry, so the leader still keeps
+        // the joiner away from the parent that never answered.
+        join.redirected = true;
+        join.retry_at = now + self.config.join_timeout;
+        let attempt = join.attempt;
+        self.leader_index = index;
+        self.send_join(attempt, out);
     }
 
     pub(super) fn on_assign(

@@ -54,6 +54,10 @@ struct ParentLink {
 struct JoinState {
     attempt: u32,
     retry_at: Time,
+    /// A `NotLeader` redirect was followed during this attempt. Another one waits for the
+    /// retry: two candidates that each believe the other leads would otherwise bounce the
+    /// joiner between them with no pause.
+    redirected: bool,
 }
 
 /// A tree node as a sans-IO state machine. See the crate documentation.

@@ -217,7 +217,9 @@ impl Node {
             }
         }
         if !ready.is_empty() {
-            out.push(Output::Event(TreeEvent::ActionsReleased { count: ready.len() }));
+            out.push(Output::Event(TreeEvent::ActionsReleased {
+                count: ready.len(),
+            }));
         }
         for action in ready {
             self.run_held(action, now, out);
@@ -268,7 +270,13 @@ impl Node {
             .get(child)
             .is_some_and(|e| e.parent == Some(parent) && e.assignment_id == assignment_id);
         if current {
-            self.root_decide(ViewChange::Remove { node: child, at: now }, out);
+            self.root_decide(
+                ViewChange::Remove {
+                    node: child,
+                    at: now,
+                },
+                out,
+            );
         }
     }
 

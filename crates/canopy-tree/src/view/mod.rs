@@ -21,7 +21,8 @@ pub struct ViewEntry {
     pub parent: Option<NodeId>,
     /// The assignment that put the node under `parent`.
     pub assignment_id: u64,
-    /// Distance from the root (routers only; clients keep the value of their last placement).
+    /// Distance from the root (kept while attached; a detached subtree's is set again when
+    /// it is put back).
     pub depth: u32,
     /// Clients assigned directly under this node.
     pub direct_clients: u32,
@@ -369,7 +370,7 @@ impl TreeView {
         self.reindex(parent);
     }
 
-    /// Sets the depth of `node` and of every router below it, re-indexing each.
+    /// Sets the depth of `node` and of every node below it, re-indexing each.
     fn set_depths(&mut self, node: NodeId, depth: u32) {
         let mut stack = vec![(node, depth)];
         while let Some((id, depth)) = stack.pop() {
@@ -378,17 +379,12 @@ impl TreeView {
                 continue;
             };
             entry.depth = depth;
-            let routers: Vec<NodeId> = if entry.role.is_router() {
-                entry.children.iter().copied().collect()
-            } else {
-                Vec::new()
-            };
+            // Through clients too: a router that rejoined as a client keeps its children in
+            // the view, and the routers below it stay placement candidates. (A snapshot
+            // rebuilds depths from the structure; this keeps the leader's equal to it.)
+            let children: Vec<NodeId> = entry.children.iter().copied().collect();
             self.reindex(id);
-            for child in routers {
-                if self.nodes.get(&child).is_some_and(|c| c.role.is_router()) {
-                    stack.push((child, depth + 1));
-                }
-            }
+            stack.extend(children.into_iter().map(|child| (child, depth + 1)));
         }
     }
 

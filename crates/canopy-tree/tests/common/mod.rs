@@ -18,7 +18,8 @@ use canopy_tree::proto::v1::{
 };
 use canopy_tree::proto::{Body, ControlMessage};
 use canopy_tree::{
-    Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent, ViewChange,
+    Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent, TreeView,
+    ViewChange,
 };
 
 /// The id of the root in every test.
@@ -55,6 +56,21 @@ pub fn roots() -> Arc<[RootCandidate]> {
         id: ROOT,
         address: String::new(),
     }])
+}
+
+/// The address of root candidate `id` in tests with several candidates.
+pub fn candidate_address(id: NodeId) -> String {
+    format!("candidate-{id}")
+}
+
+/// A list of root candidates, in this order, with [`candidate_address`]es.
+pub fn candidates(ids: &[NodeId]) -> Arc<[RootCandidate]> {
+    ids.iter()
+        .map(|&id| RootCandidate {
+            id,
+            address: candidate_address(id),
+        })
+        .collect()
 }
 
 /// A node of the test tree, not yet started.
@@ -97,6 +113,15 @@ pub struct Net {
     pub down: BTreeSet<NodeId>,
     /// Directed links (from, to) that lose every message.
     pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// The root candidates every node added from now on is given.
+    pub roots: Arc<[RootCandidate]>,
+    /// Replicated candidates whose proposals commit as soon as they are made (a Raft group
+    /// that always has a quorum): each `Propose` is appended to [`Net::raft_log`] and answered
+    /// with `Committed` in the same step.
+    pub auto_commit: BTreeSet<NodeId>,
+    /// The committed log of the candidates' Raft group: `NewRoot` at every election (see
+    /// [`Net::elect`]) and every auto-committed proposal.
+    pub raft_log: Vec<ViewChange>,
 }
 
 impl Net {
@@ -114,15 +139,107 @@ impl Net {
             proposals: Vec::new(),
             down: BTreeSet::new(),
             cut: BTreeSet::new(),
+            roots: roots(),
+            auto_commit: BTreeSet::new(),
+            raft_log: Vec::new(),
         };
         net.add(ROOT, Role::Root, root_seed);
         net.input(ROOT, Input::Start);
         net
     }
 
+    /// A network of started, replicated root candidates (none leads yet: see
+    /// [`Net::elect`]). Every node added later lists them as its root candidates, in this
+    /// order, so joiners ask `ids[0]` first. With `auto_commit` every proposal commits at once.
+    pub fn replicated(config: TreeConfig, ids: &[NodeId], auto_commit: bool) -> Net {
+        let mut net = Net {
+            now: Time::ZERO,
+            config: Arc::new(config),
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            lost: Vec::new(),
+            events: Vec::new(),
+            delivered: Vec::new(),
+            proposals: Vec::new(),
+            down: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            roots: candidates(ids),
+            auto_commit: BTreeSet::new(),
+            raft_log: Vec::new(),
+        };
+        for &id in ids {
+            let node = Node::new(
+                id,
+                Role::Root,
+                REGION,
+                candidate_address(id),
+                Arc::clone(&net.config),
+                Arc::clone(&net.roots),
+                id,
+            )
+            .replicated();
+            net.nodes.insert(id, node);
+            if auto_commit {
+                net.auto_commit.insert(id);
+            }
+            net.input(id, Input::Start);
+        }
+        net
+    }
+
+    /// The view every candidate holds after applying the committed log to an empty replica.
+    pub fn replayed_view(&self) -> Option<TreeView> {
+        let mut view = None;
+        for change in &self.raft_log {
+            change.apply_to(&mut view, &self.config);
+        }
+        view
+    }
+
+    /// Candidate `id` wins an election: `NewRoot` is committed, `id` serves with the
+    /// replayed view and every other live candidate learns who leads.
+    pub fn elect(&mut self, id: NodeId) -> Vec<Output> {
+        self.raft_log.push(ViewChange::NewRoot {
+            root: id,
+            region: REGION.to_owned(),
+            address: candidate_address(id),
+        });
+        let view = self.replayed_view().expect("a NewRoot was committed");
+        let out = self.input(
+            id,
+            Input::BecomeRoot {
+                view: Box::new(view),
+            },
+        );
+        let others: Vec<NodeId> = self
+            .roots
+            .iter()
+            .map(|r| r.id)
+            .filter(|&r| r != id && !self.down.contains(&r))
+            .collect();
+        for other in others {
+            self.input(other, Input::StepDown { leader: Some(id) });
+        }
+        out
+    }
+
+    /// The node dies: it is no longer ticked and everything sent to it is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        self.down.insert(id);
+    }
+
     /// Adds a node without starting it.
     pub fn add(&mut self, id: NodeId, role: Role, seed: u64) {
-        let node = node(id, role, &self.config, seed);
+        let node = Node::new(
+            id,
+            role,
+            REGION,
+            "",
+            Arc::clone(&self.config),
+            Arc::clone(&self.roots),
+            seed,
+        );
         assert!(
             self.nodes.insert(id, node).is_none(),
             "node {id} added twice"
@@ -178,10 +295,12 @@ impl Net {
             .direct_clients
     }
 
-    /// Feeds one input to one node at the current time and records what comes out.
+    /// Feeds one input to one node at the current time and records what comes out. For an
+    /// auto-committing candidate, the outputs of the `Committed` that answers its proposals
+    /// are appended.
     pub fn input(&mut self, id: NodeId, input: Input) -> Vec<Output> {
         let now = self.now;
-        let out = self
+        let mut out = self
             .nodes
             .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id}"))
@@ -199,6 +318,19 @@ impl Net {
                 Output::Propose { seq, change } => {
                     self.proposals.push((id, *seq, change.clone()));
                 }
+            }
+        }
+        if self.auto_commit.contains(&id) {
+            let mut up_to = None;
+            for o in &out {
+                if let Output::Propose { seq, change } = o {
+                    self.raft_log.push(change.clone());
+                    up_to = Some(*seq);
+                }
+            }
+            if let Some(up_to) = up_to {
+                let more = self.input(id, Input::Committed { up_to });
+                out.extend(more);
             }
         }
         out
@@ -441,4 +573,21 @@ pub fn multicast(b: &Body) -> Option<Multicast> {
 /// Whether `d` is a disconnect with this reason and rejoin flag.
 pub fn is_disconnect(d: &Disconnect, reason: Reason, rejoin: bool) -> bool {
     d.reason == reason as i32 && d.rejoin == rejoin
+}
+
+pub fn not_leader(b: &Body) -> Option<canopy_tree::proto::v1::NotLeader> {
+    match b {
+        Body::NotLeader(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// Every `Propose` in `out` as (seq, change).
+pub fn proposals(out: &[Output]) -> Vec<(u64, ViewChange)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Propose { seq, change } => Some((*seq, change.clone())),
+            _ => None,
+        })
+        .collect()
 }
