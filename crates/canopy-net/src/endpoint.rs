@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::certs::parse_identity;
 use crate::config::{NetConfig, NetError, NetEvent, SendError, EVENT_QUEUE};
+use crate::fault::{FaultSocket, Faults};
 use crate::identity::{server_name_for, Identity, NodeId};
 use crate::link::{self, LinkEnd, LinkQueues, LinkSenders, CLOSE_IDENTITY, CLOSE_NORMAL};
 use crate::tls::Credentials;
@@ -67,6 +68,8 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     local_addr: SocketAddr,
     state: Mutex<State>,
+    /// Switches that make the socket drop datagrams (fault injection).
+    faults: Arc<Faults>,
 }
 
 #[derive(Default)]
@@ -104,7 +107,8 @@ impl NetEndpoint {
         let transport = Arc::new(config.transport_config()?);
         let server = creds.quic_server_config(transport.clone())?;
         let client = creds.quic_client_config(transport)?;
-        let mut endpoint = quinn::Endpoint::server(server, addr)
+        let faults = Arc::new(Faults::default());
+        let mut endpoint = bind_socket(addr, server, faults.clone())
             .map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint
@@ -120,6 +124,7 @@ impl NetEndpoint {
             runtime,
             local_addr,
             state: Mutex::new(State::default()),
+            faults,
         });
         info!(node = shared.identity.node_id, %local_addr, "canopy endpoint listening");
         shared.runtime.spawn(accept_loop(shared.clone()));
@@ -206,6 +211,24 @@ impl NetEndpoint {
         peers
     }
 
+    /// Cuts the node off the network (or reconnects it): while cut, every datagram in and out
+    /// is dropped silently, so peers see the node as dead or partitioned away and nothing it
+    /// sends, close frames included, arrives. For fault injection in tests, chaos runs and
+    /// benchmarks; a production node never sets it.
+    pub fn set_cut(&self, cut: bool) {
+        self.handle.shared.faults.set_cut(cut);
+    }
+
+    /// Partitions the node from these addresses (replacing any earlier set; empty heals):
+    /// datagrams to and from them are dropped silently. Fault injection, like
+    /// [`NetEndpoint::set_cut`].
+    pub fn set_blocked(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.handle
+            .shared
+            .faults
+            .set_blocked(addrs.into_iter().collect());
+    }
+
     /// Closes everything and waits briefly for the endpoint to go idle. No `LinkClosed` events
     /// are emitted for links closed by the shutdown.
     pub async fn shutdown(&self) {
@@ -227,6 +250,24 @@ impl NetEndpoint {
         }
         info!(node = shared.identity.node_id, "canopy endpoint shut down");
     }
+}
+
+/// A quinn endpoint on `addr` whose socket can be cut off (see [`NetEndpoint::set_cut`]).
+fn bind_socket(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+    faults: Arc<Faults>,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = Arc::new(FaultSocket::new(runtime.wrap_udp_socket(socket)?, faults));
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
 }
 
 /// The link to send on: the newest live connection, else the dial in progress.

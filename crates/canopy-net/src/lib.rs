@@ -25,6 +25,7 @@
 pub mod certs;
 pub mod config;
 pub mod endpoint;
+mod fault;
 pub mod identity;
 mod link;
 pub mod tls;

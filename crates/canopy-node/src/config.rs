@@ -47,6 +47,80 @@ pub struct NodeConfig {
     /// Keys whose multicasts this node wants (clients).
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Raft settings (root candidates only).
+    #[serde(default)]
+    pub raft: RaftConfig,
+}
+
+/// Which timer defaults a root group uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftProfile {
+    /// One site: heartbeat 100 ms, election timeout 400–800 ms.
+    #[default]
+    Lan,
+    /// Candidates in several regions (RTT up to ~250 ms): heartbeat 500 ms, election
+    /// timeout 2.5–5 s.
+    Wan,
+}
+
+/// Raft settings of a root candidate. Timers left out take the profile's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Where the candidate keeps its Raft log, vote and snapshots (relative to the file).
+    pub data_dir: PathBuf,
+    pub profile: RaftProfile,
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            data_dir: PathBuf::from("raft-data"),
+            profile: RaftProfile::Lan,
+            heartbeat_ms: None,
+            election_min_ms: None,
+            election_max_ms: None,
+            snapshot_every: 1000,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The group's timers, or the offending key and why.
+    pub fn timers(&self) -> Result<canopy_raft::RaftTimers, (&'static str, String)> {
+        let mut timers = match self.profile {
+            RaftProfile::Lan => canopy_raft::RaftTimers::lan(),
+            RaftProfile::Wan => canopy_raft::RaftTimers::wan(),
+        };
+        let ms = Duration::from_millis;
+        if let Some(v) = self.heartbeat_ms {
+            timers.heartbeat = ms(v);
+        }
+        if let Some(v) = self.election_min_ms {
+            timers.election_min = ms(v);
+        }
+        if let Some(v) = self.election_max_ms {
+            timers.election_max = ms(v);
+        }
+        let key = if timers.heartbeat.is_zero() {
+            "raft.heartbeat_ms"
+        } else if timers.election_min <= timers.heartbeat {
+            "raft.election_min_ms"
+        } else {
+            "raft.election_max_ms"
+        };
+        timers.validate().map_err(|message| (key, message))?;
+        if self.snapshot_every == 0 {
+            return Err(("raft.snapshot_every", "must be greater than zero".into()));
+        }
+        Ok(timers)
+    }
 }
 
 fn default_max_frame() -> usize {
@@ -137,6 +211,7 @@ impl NodeConfig {
                 &mut config.tls.ca,
                 &mut config.tls.cert,
                 &mut config.tls.key,
+                &mut config.raft.data_dir,
             ] {
                 if p.is_relative() {
                     *p = dir.join(&*p);
@@ -154,6 +229,14 @@ impl NodeConfig {
         })?;
         config
             .tree_config()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            })?;
+        config
+            .raft
+            .timers()
             .map_err(|(key, message)| ConfigError::Invalid {
                 file: file.to_owned(),
                 key,
@@ -267,6 +350,25 @@ address = "127.0.0.1:7400"
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("n.toml: timers.child_timeout_ms:"), "{err}");
+    }
+
+    #[test]
+    fn raft_profiles_and_bad_timers() {
+        let lan = NodeConfig::parse(GOOD, Path::new("n.toml")).unwrap();
+        let wan = format!("{GOOD}\n[raft]\nprofile = \"wan\"\n");
+        let wan = NodeConfig::parse(&wan, Path::new("n.toml")).unwrap();
+        let (lan, wan) = (lan.raft.timers().unwrap(), wan.raft.timers().unwrap());
+        assert!(wan.election_min > lan.election_max, "{wan:?} vs {lan:?}");
+        let text = format!("{GOOD}\n[raft]\nheartbeat_ms = 900\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml: raft.election_min_ms:"), "{err}");
+        let text = format!("{GOOD}\n[raft]\nprofile = \"moon\"\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profile"), "{err}");
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! Protocol decisions stay in `canopy-tree`; this crate only moves inputs in (messages,
 //! timers, application commands) and carries outputs out (sends, wake-ups, deliveries). It
 //! checks that every message is one the sender's certificate allows, and closes the link of
-//! a peer that oversteps its role. It must not depend on the simulator.
+//! a peer that oversteps its role. A root candidate also runs its `canopy-raft` group here:
+//! it serves as root while it leads, and commits the tree's structural decisions through
+//! Raft before acting on them. It must not depend on the simulator.
 
+pub mod admin;
 mod authorize;
+mod candidate;
 mod config;
 pub mod local;
 mod runtime;
@@ -14,9 +18,12 @@ mod tags;
 
 pub use authorize::{authorize, Refusal};
 pub use config::{
-    ConfigError, NodeConfig, RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
+    ConfigError, NodeConfig, RaftConfig, RaftProfile, RootCandidateConfig, TimerConfig, TlsConfig,
+    TreeShapeConfig,
 };
-pub use runtime::{spawn_node, Delivery, NodeCounters, NodeHandle, NodeStatus, SpawnError};
+pub use runtime::{
+    spawn_candidate, spawn_node, Delivery, NodeCounters, NodeHandle, NodeStatus, SpawnError,
+};
 pub use tags::key_tag;
 
 /// The tree role a certificate role runs as.

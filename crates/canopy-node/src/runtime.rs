@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use canopy_net::{NetEndpoint, NetEvent, SendError};
@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::candidate::{Candidate, CandidateChannels};
 use crate::{authorize, tree_role};
 
 /// Deliveries waiting for the application before new ones are dropped (and counted).
@@ -46,6 +47,10 @@ pub struct NodeCounters {
     pub deliveries_dropped: u64,
     /// Sends that failed (slow peer, no address).
     pub send_failures: u64,
+    /// Structural decisions a replicated root proposed for commit.
+    pub proposals: u64,
+    /// Root actions carried out after their decisions committed.
+    pub root_actions_released: u64,
 }
 
 /// A snapshot of a node's state.
@@ -62,6 +67,14 @@ pub struct NodeStatus {
     pub counters: NodeCounters,
     /// Nodes in the root's view (root only).
     pub view_size: Option<usize>,
+    /// The node serves as root right now (a root candidate leading the Raft group).
+    pub serving_root: bool,
+    /// The leader a root candidate last heard of.
+    pub known_leader: Option<NodeId>,
+    /// Root actions waiting for their decisions to commit.
+    pub held_actions: usize,
+    /// Topology epoch of the root's view (root only).
+    pub view_epoch: Option<u64>,
 }
 
 /// Why a node could not start.
@@ -71,6 +84,8 @@ pub enum SpawnError {
     AdminCertificate(&'static str),
     #[error("invalid tree settings: {0}")]
     Config(#[from] canopy_tree::ConfigError),
+    #[error("only a root-candidate certificate can run a root candidate (this one is {0})")]
+    NotACandidate(&'static str),
 }
 
 enum Command {
@@ -89,6 +104,7 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     net: NetEndpoint,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    group: Option<canopy_raft::RootGroup>,
 }
 
 impl NodeHandle {
@@ -130,28 +146,55 @@ impl NodeHandle {
         rx.await.ok()
     }
 
+    /// Cuts the node off the network, or reconnects it (fault injection: see
+    /// [`NetEndpoint::set_cut`]). The node keeps running and sees its peers go silent.
+    pub fn set_cut(&self, cut: bool) {
+        self.net.set_cut(cut);
+    }
+
+    /// Partitions the node from these addresses (empty heals); see
+    /// [`NetEndpoint::set_blocked`].
+    pub fn set_blocked(&self, addrs: Vec<SocketAddr>) {
+        self.net.set_blocked(addrs);
+    }
+
+    /// The Raft group of a root candidate.
+    pub fn group(&self) -> Option<&canopy_raft::RootGroup> {
+        self.group.as_ref()
+    }
+
     /// Leaves the tree gracefully (parent and children are told), then stops.
     pub async fn leave(&self) {
         self.command(Command::Leave).await;
         self.join_task().await;
-        self.net.shutdown().await;
+        self.stop_io().await;
     }
 
     /// Stops the node and closes its links without a goodbye.
     pub async fn shutdown(&self) {
         self.command(Command::Shutdown).await;
         self.join_task().await;
-        self.net.shutdown().await;
+        self.stop_io().await;
     }
 
-    /// Kills the node abruptly: the task is aborted mid-flight and the endpoint closed.
+    /// Kills the node abruptly, like a crash: it drops off the network at once (no goodbye,
+    /// no QUIC close reaches anyone), the task is aborted mid-flight and the endpoint closed.
+    /// A root candidate's Raft state stays on disk.
     pub async fn kill(&self) {
+        self.net.set_cut(true);
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
         }
+        self.stop_io().await;
+    }
+
+    async fn stop_io(&self) {
         self.net.shutdown().await;
+        if let Some(group) = &self.group {
+            group.shutdown().await;
+        }
     }
 
     async fn join_task(&self) {
@@ -163,7 +206,8 @@ impl NodeHandle {
 }
 
 /// Starts a node on an already bound endpoint. Its id, role and region come from the
-/// endpoint's certificate; `subscribe` are the tags it wants from the start.
+/// endpoint's certificate; `subscribe` are the tags it wants from the start. A root
+/// candidate started this way serves alone as root (no Raft); see [`spawn_candidate`].
 pub fn spawn_node(
     net: NetEndpoint,
     events: mpsc::Receiver<NetEvent>,
@@ -171,6 +215,35 @@ pub fn spawn_node(
     roots: Vec<RootCandidate>,
     seed: u64,
     subscribe: Vec<KeyTag>,
+) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
+    spawn(net, events, tree, roots, seed, subscribe, None)
+}
+
+/// Starts a root candidate that serves as root while it leads `group`, committing every
+/// structural decision through Raft before acting on it.
+pub fn spawn_candidate(
+    net: NetEndpoint,
+    events: mpsc::Receiver<NetEvent>,
+    tree: TreeConfig,
+    roots: Vec<RootCandidate>,
+    seed: u64,
+    group: canopy_raft::RootGroup,
+) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
+    let role = net.identity().role;
+    if role != canopy_net::CertRole::RootCandidate {
+        return Err(SpawnError::NotACandidate(role.as_str()));
+    }
+    spawn(net, events, tree, roots, seed, Vec::new(), Some(group))
+}
+
+fn spawn(
+    net: NetEndpoint,
+    events: mpsc::Receiver<NetEvent>,
+    tree: TreeConfig,
+    roots: Vec<RootCandidate>,
+    seed: u64,
+    subscribe: Vec<KeyTag>,
+    group: Option<canopy_raft::RootGroup>,
 ) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
     tree.validate()?;
     let identity = net.identity().clone();
@@ -185,6 +258,9 @@ pub fn spawn_node(
         Arc::from(roots),
         seed,
     );
+    if group.is_some() {
+        node = node.replicated();
+    }
     let start = Instant::now();
     let mut outputs = Vec::new();
     for tag in subscribe {
@@ -192,41 +268,61 @@ pub fn spawn_node(
     }
     let (commands, command_rx) = mpsc::channel(1024);
     let (deliveries, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
+    let (candidate, channels) = match &group {
+        Some(group) => {
+            let (candidate, channels) = Candidate::new(group.clone());
+            (Some(candidate), Some(channels))
+        }
+        None => (None, None),
+    };
     let runtime = Runtime {
         node,
         net: net.clone(),
         start,
+        start_wall: wall_clock(),
         wake: None,
         counters: NodeCounters::default(),
         deliveries,
         outputs,
+        candidate,
     };
-    let task = tokio::spawn(runtime.run(events, command_rx));
+    let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
         id: identity.node_id,
         commands,
         net,
         task: Arc::new(std::sync::Mutex::new(Some(task))),
+        group,
     };
     Ok((handle, delivery_rx))
 }
 
-struct Runtime {
-    node: Node,
-    net: NetEndpoint,
+/// Time since the Unix epoch: every node's clock starts from the same origin, so times a
+/// root recorded in the replicated view mean the same to the next leader.
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+pub(crate) struct Runtime {
+    pub(crate) node: Node,
+    pub(crate) net: NetEndpoint,
     start: Instant,
+    start_wall: Duration,
     wake: Option<Instant>,
-    counters: NodeCounters,
+    pub(crate) counters: NodeCounters,
     deliveries: mpsc::Sender<Delivery>,
     outputs: Vec<Output>,
+    pub(crate) candidate: Option<Candidate>,
 }
 
 impl Runtime {
     fn now(&self) -> Duration {
-        self.start.elapsed()
+        self.start_wall + self.start.elapsed()
     }
 
-    fn handle(&mut self, input: Input) {
+    pub(crate) fn handle(&mut self, input: Input) {
         let mut outputs = std::mem::take(&mut self.outputs);
         let now = self.now();
         self.node.handle_into(input, now, &mut outputs);
@@ -240,9 +336,16 @@ impl Runtime {
         mut self,
         mut events: mpsc::Receiver<NetEvent>,
         mut commands: mpsc::Receiver<Command>,
+        mut channels: Option<CandidateChannels>,
     ) {
         self.handle(Input::Start);
         loop {
+            let candidate_event = async {
+                match channels.as_mut() {
+                    Some(channels) => channels.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = self.wake;
             let sleep = async move {
                 match wake {
@@ -269,6 +372,7 @@ impl Runtime {
                     self.wake = None;
                     self.handle(Input::Tick);
                 }
+                event = candidate_event => self.on_candidate_event(event),
             }
         }
         debug!(node = self.node.id(), "node task stopped");
@@ -289,6 +393,10 @@ impl Runtime {
                     self.handle(Input::LinkClosed { peer: from.node_id });
                     return;
                 }
+                let msg = match self.take_candidate_message(&from, msg) {
+                    Some(msg) => msg,
+                    None => return,
+                };
                 self.handle(Input::Message {
                     from: from.node_id,
                     msg,
@@ -304,6 +412,9 @@ impl Runtime {
             }
             NetEvent::LinkClosed { peer, reason } => {
                 debug!(node = self.node.id(), peer, %reason, "link closed");
+                if let Some(candidate) = &self.candidate {
+                    candidate.on_link_closed(peer);
+                }
                 self.handle(Input::LinkClosed { peer });
             }
         }
@@ -333,6 +444,10 @@ impl Runtime {
             children: self.node.children().collect(),
             counters: self.counters,
             view_size: self.node.view().map(|v| v.len()),
+            serving_root: self.node.is_serving_root(),
+            known_leader: self.node.known_leader(),
+            held_actions: self.node.held_actions(),
+            view_epoch: self.node.view().map(|v| v.epoch),
         }
     }
 
@@ -340,7 +455,7 @@ impl Runtime {
         match output {
             Output::Send { to, msg } => self.send(to, msg),
             Output::WakeAt(at) => {
-                let at = self.start + at;
+                let at = self.start + at.saturating_sub(self.start_wall);
                 if self.wake.is_none_or(|w| at < w) {
                     self.wake = Some(at);
                 }
@@ -363,12 +478,26 @@ impl Runtime {
                     );
                 }
             }
-            Output::Event(event) => log_event(self.node.id(), &event),
-            Output::Propose { .. } => {}
+            Output::Event(event) => {
+                if let TreeEvent::ActionsReleased { count } = event {
+                    self.counters.root_actions_released += count as u64;
+                }
+                log_event(self.node.id(), &event);
+            }
+            Output::Propose { seq, change } => match &self.candidate {
+                Some(candidate) => {
+                    self.counters.proposals += 1;
+                    candidate.propose(seq, change);
+                }
+                None => warn!(
+                    node = self.node.id(),
+                    "a root without Raft proposed a change"
+                ),
+            },
         }
     }
 
-    fn send(&mut self, to: NodeId, msg: ControlMessage) {
+    pub(crate) fn send(&mut self, to: NodeId, msg: ControlMessage) {
         if matches!(msg.body, Some(Body::Multicast(_))) {
             self.counters.multicast_sent += 1;
         } else {

@@ -3,8 +3,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use canopy_proto::v1::{
-    disconnect, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta,
-    InterestSnapshot, JoinRequest, Multicast, NotLeader, Reattach, Role, SubtreeSize,
+    admin_request, disconnect, raft_request, AdminRequest, AdminResponse, AdoptChild,
+    AssignParent, CandidateChange, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta,
+    InterestSnapshot, JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach,
+    Role, SubtreeSize,
 };
 use canopy_proto::{Body, ControlMessage, FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
 use proptest::prelude::*;
@@ -24,9 +26,13 @@ fn variant_index(body: &Body) -> usize {
         Body::Disconnect(_) => 8,
         Body::ChildRemoved(_) => 9,
         Body::Multicast(_) => 10,
+        Body::RaftRequest(_) => 11,
+        Body::RaftResponse(_) => 12,
+        Body::AdminRequest(_) => 13,
+        Body::AdminResponse(_) => 14,
     }
 }
-const VARIANT_COUNT: usize = 11;
+const VARIANT_COUNT: usize = 15;
 
 /// One message of every type, with every field set to a non-default value.
 fn every_variant() -> Vec<ControlMessage> {
@@ -79,6 +85,7 @@ fn every_variant() -> Vec<ControlMessage> {
                 remove: vec![u64::MAX],
             }),
             assignment_id: 78,
+            root_id: 0,
         }),
         Body::InterestSnapshot(InterestSnapshot {
             tags: (1..100).collect(),
@@ -101,6 +108,30 @@ fn every_variant() -> Vec<ControlMessage> {
             key_seq: 56,
             payload: Bytes::from_static(b"sealed payload \x00\xff"),
             last_hop: 3,
+        }),
+        Body::RaftRequest(RaftRequest {
+            request_id: 5,
+            kind: raft_request::Kind::AppendEntries as i32,
+            body: Bytes::from_static(b"{\"vote\":1}"),
+        }),
+        Body::RaftResponse(RaftResponse {
+            request_id: 5,
+            body: Bytes::from_static(b"{}"),
+            error: "busy".into(),
+        }),
+        Body::AdminRequest(AdminRequest {
+            request_id: 8,
+            command: Some(admin_request::Command::AddCandidate(CandidateChange {
+                node_id: 4,
+                address: "10.0.0.4:7400".into(),
+            })),
+        }),
+        Body::AdminResponse(AdminResponse {
+            request_id: 8,
+            error: "not the leader".into(),
+            status_json: "{}".into(),
+            leader_hint: 2,
+            leader_address: "10.0.0.2:7400".into(),
         }),
     ];
     bodies.into_iter().map(ControlMessage::new).collect()
@@ -443,6 +474,7 @@ fn heartbeat_strategy() -> impl Strategy<Value = ControlMessage> {
                     topology_epoch,
                     interest: delta.map(|(add, remove)| InterestDelta { add, remove }),
                     assignment_id,
+                    root_id: 0,
                 }))
             },
         )

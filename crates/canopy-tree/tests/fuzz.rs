@@ -91,6 +91,7 @@ fn body() -> impl Strategy<Value = Body> {
                     topology_epoch,
                     interest: Some(v1::InterestDelta { add, remove }),
                     assignment_id,
+                    root_id: 0,
                 })
             }
         ),

@@ -957,7 +957,6 @@ fn old_root_children_that_never_return_are_removed_after_the_grace() {
 /// leader), so it still reports departures to the dead candidate and the new root's view
 /// keeps the departed client forever (counted in its parent's load).
 #[test]
-#[ignore = "known gap: deep routers report ChildRemoved to the old leader after a failover"]
 fn a_departure_below_the_top_routers_reaches_the_new_leader() {
     let mut net = tree_under_candidate_1();
     net.crash(1);

@@ -296,6 +296,7 @@ fn heartbeat_from_a_child_that_has_not_reattached_is_ignored() {
                 remove: vec![],
             }),
             assignment_id: 2,
+            root_id: 0,
         }),
     );
     assert_eq!(

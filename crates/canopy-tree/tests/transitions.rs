@@ -676,6 +676,7 @@ fn false_parent_heartbeat_gets_a_not_a_neighbour_answer() {
             topology_epoch: 1,
             interest: None,
             assignment_id: 3,
+            root_id: 0,
         }),
     );
     assert!(events(&out).contains(&TreeEvent::Dropped {
@@ -778,6 +779,7 @@ fn heartbeats_carry_the_topology_epoch_down() {
             topology_epoch: 5,
             interest: None,
             assignment_id: 1,
+            root_id: 0,
         }),
     );
     assert_eq!(events(&out), vec![TreeEvent::EpochChanged { epoch: 5 }]);
@@ -808,6 +810,7 @@ fn heartbeats_carry_the_topology_epoch_down() {
             topology_epoch: 2,
             interest: None,
             assignment_id: 1,
+            root_id: 0,
         }),
     );
     assert!(events(&out).is_empty());
@@ -1112,6 +1115,7 @@ fn heartbeat_from_a_non_neighbour_is_ignored_and_answered() {
                 remove: vec![node_tag(100)],
             }),
             assignment_id: 1,
+            root_id: 0,
         }),
     );
     assert_eq!(
@@ -1147,6 +1151,7 @@ fn heartbeat_from_a_non_neighbour_is_ignored_and_answered() {
             topology_epoch: 9,
             interest: None,
             assignment_id: 1,
+            root_id: 0,
         }),
     );
     let d = sent(&out, disconnect);

@@ -30,6 +30,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Root failover: kill the Raft leader K times under continuous publishing.
+    Failover(crate::failover::FailoverArgs),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,12 +177,23 @@ async fn drive(
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Throughput {
-        clients,
-        payload,
-        seconds,
-        json,
-    } = command;
+    match command {
+        BenchCommand::Throughput {
+            clients,
+            payload,
+            seconds,
+            json,
+        } => throughput(clients, payload, seconds, json).await,
+        BenchCommand::Failover(args) => crate::failover::run(args).await,
+    }
+}
+
+async fn throughput(
+    clients: usize,
+    payload: usize,
+    seconds: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if clients < 2 {
         bail!("--clients must be at least 2");
     }

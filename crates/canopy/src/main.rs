@@ -2,7 +2,9 @@
 
 mod bench;
 mod certs;
+mod cluster;
 mod demo;
+mod failover;
 mod report;
 mod run;
 
@@ -28,6 +30,11 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: certs::CertsCommand,
+    },
+    /// The root group: status and membership (needs an admin certificate).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Start a throwaway cluster on loopback, publish, and check every delivery.
     Demo(demo::DemoArgs),
@@ -66,6 +73,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run { config } => run::run(&config).await,
             Command::Certs { command } => certs::run(command),
+            Command::Cluster { command } => cluster::run(command).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench { command } => bench::run(command).await,
         }

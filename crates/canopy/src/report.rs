@@ -108,5 +108,8 @@ pub fn diff(now: &NodeCounters, before: Option<&NodeCounters>) -> NodeCounters {
         deliveries_dropped: now.deliveries_dropped
             - b.deliveries_dropped.min(now.deliveries_dropped),
         send_failures: now.send_failures - b.send_failures.min(now.send_failures),
+        proposals: now.proposals - b.proposals.min(now.proposals),
+        root_actions_released: now.root_actions_released
+            - b.root_actions_released.min(now.root_actions_released),
     }
 }

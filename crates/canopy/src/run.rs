@@ -4,8 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use canopy_net::{Credentials, NetConfig, NetEndpoint};
-use canopy_node::{key_tag, spawn_node, NodeConfig};
+use canopy_net::{CertRole, Credentials, NetConfig, NetEndpoint};
+use canopy_node::{key_tag, spawn_candidate, spawn_node, NodeConfig};
+use canopy_raft::{GroupConfig, RootGroup};
 use canopy_tree::RootCandidate;
 use tracing::info;
 
@@ -30,7 +31,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     let (endpoint, events) = NetEndpoint::bind(config.listen, creds, net_config)
         .with_context(|| format!("binding {}", config.listen))?;
-    let roots = config
+    let roots: Vec<RootCandidate> = config
         .root_candidates
         .iter()
         .map(|r| RootCandidate {
@@ -43,8 +44,34 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|k| key_tag(&identity.cluster, k))
         .collect();
-    let (handle, mut deliveries) =
-        spawn_node(endpoint, events, tree, roots, seed_from_clock(), tags)?;
+    let (handle, mut deliveries) = if identity.role == CertRole::RootCandidate {
+        let timers = config.raft.timers().map_err(|(key, message)| {
+            anyhow::anyhow!("{}: {key}: {message}", config_path.display())
+        })?;
+        let group_config = GroupConfig {
+            id: identity.node_id,
+            data_dir: config
+                .raft
+                .data_dir
+                .join(format!("candidate-{}", identity.node_id)),
+            timers,
+            tree: std::sync::Arc::new(tree.clone()),
+            snapshot_every: config.raft.snapshot_every,
+        };
+        let group = RootGroup::open(group_config, endpoint.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the Raft state in {}",
+                    config.raft.data_dir.display()
+                )
+            })?;
+        let members = roots.iter().map(|r| (r.id, r.address.clone())).collect();
+        group.initialize(members).await?;
+        spawn_candidate(endpoint, events, tree, roots, seed_from_clock(), group)?
+    } else {
+        spawn_node(endpoint, events, tree, roots, seed_from_clock(), tags)?
+    };
     info!(
         node = identity.node_id,
         role = identity.role.as_str(),

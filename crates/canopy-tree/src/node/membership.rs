@@ -149,6 +149,13 @@ impl Node {
         }));
     }
 
+    /// Follows the root named from above, so removal reports go to the current root.
+    fn observe_root(&mut self, root: NodeId) {
+        if let Some(index) = self.roots.iter().position(|r| r.id == root) {
+            self.leader_index = index;
+        }
+    }
+
     fn observe_epoch(&mut self, epoch: u64, out: &mut Vec<Output>) {
         if epoch > self.epoch {
             self.epoch = epoch;
@@ -174,6 +181,7 @@ impl Node {
     ) {
         if self.parent() == Some(from) {
             self.observe_epoch(hb.topology_epoch, out);
+            self.observe_root(hb.root_id);
             return;
         }
         let Some(link) = self.children.get_mut(&from) else {
@@ -199,6 +207,11 @@ impl Node {
     /// (with the topology epoch).
     pub(super) fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
         self.send_parent_heartbeat(out);
+        let root_id = if self.root.is_some() {
+            self.id
+        } else {
+            self.leader().map_or(0, |r| r.id)
+        };
         for (&child, link) in &self.children {
             let hb = Heartbeat {
                 sender_id: self.id,
@@ -206,6 +219,7 @@ impl Node {
                 topology_epoch: self.epoch,
                 interest: None,
                 assignment_id: link.assignment_id,
+                root_id,
             };
             out.push(Output::Send {
                 to: child,
@@ -229,6 +243,7 @@ impl Node {
             topology_epoch: self.epoch,
             interest,
             assignment_id,
+            root_id: 0,
         };
         self.send(to, Body::Heartbeat(hb), out);
     }

@@ -2,10 +2,13 @@
 //! QUIC endpoint per node on 127.0.0.1, real mutual TLS. Used by `canopy demo`, the
 //! benchmarks and the integration tests.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use canopy_net::{CertRole, CertificateAuthority, Credentials, Identity, NetConfig, NetEndpoint};
+use canopy_raft::RaftTimers;
 use canopy_tree::{
     check_structure, KeyTag, NodeId, NodeSummary, RootCandidate, TreeConfig, TreeShape,
 };
@@ -13,7 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::{spawn_node, Delivery, NodeHandle, NodeStatus};
 
-/// Id of the root; routers and clients count up from these.
+mod candidates;
+
+/// Id of the first root candidate (candidates are 1, 2, …); routers and clients count up
+/// from the constants below.
 pub const ROOT_ID: NodeId = 1;
 pub const FIRST_ROUTER_ID: NodeId = 100;
 pub const FIRST_CLIENT_ID: NodeId = 10_000;
@@ -26,6 +32,14 @@ pub struct LocalClusterSpec {
     pub tree: TreeConfig,
     pub net: NetConfig,
     pub seed: u64,
+    /// Root candidates in the Raft group (1, 3 or 5).
+    pub candidates: usize,
+    pub raft: RaftTimers,
+    /// Where the candidates keep their Raft state (`<dir>/candidate-<id>`); a temporary
+    /// directory removed with the cluster if `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Raft snapshot after this many log entries.
+    pub snapshot_every: u64,
 }
 
 impl Default for LocalClusterSpec {
@@ -36,6 +50,10 @@ impl Default for LocalClusterSpec {
             tree: fast_tree_config(),
             net: NetConfig::default(),
             seed: 1,
+            candidates: 1,
+            raft: RaftTimers::lan(),
+            data_dir: None,
+            snapshot_every: 1000,
         }
     }
 }
@@ -72,6 +90,8 @@ pub struct LocalCluster {
     spec: LocalClusterSpec,
     ca: CertificateAuthority,
     roots: Vec<RootCandidate>,
+    data_dir: PathBuf,
+    _temp_dir: Option<tempfile::TempDir>,
     nodes: Vec<LocalNode>,
     next_router: NodeId,
     next_client: NodeId,
@@ -80,27 +100,58 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Generates a CA and starts the root.
+    /// Generates a CA and starts the root candidates (the Raft group elects the root).
     pub async fn start(spec: LocalClusterSpec) -> anyhow::Result<LocalCluster> {
+        anyhow::ensure!(
+            (1..=9).contains(&spec.candidates),
+            "a local cluster needs 1 to 9 root candidates, not {}",
+            spec.candidates
+        );
         let ca = CertificateAuthority::generate(&spec.cluster)?;
         let (delivery_tx, deliveries) = mpsc::unbounded_channel();
+        let (data_dir, temp_dir) = match &spec.data_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new().prefix("canopy-raft-").tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
         let mut cluster = LocalCluster {
             spec,
             ca,
             roots: Vec::new(),
+            data_dir,
+            _temp_dir: temp_dir,
             nodes: Vec::new(),
             next_router: FIRST_ROUTER_ID,
             next_client: FIRST_CLIENT_ID,
             delivery_tx,
             deliveries,
         };
-        let (endpoint, events) = cluster.bind(ROOT_ID, CertRole::RootCandidate)?;
-        cluster.roots = vec![RootCandidate {
-            id: ROOT_ID,
-            address: endpoint.local_addr().to_string(),
-        }];
-        cluster.spawn(endpoint, events, Vec::new())?;
+        let mut endpoints = Vec::new();
+        for id in (ROOT_ID..).take(cluster.spec.candidates) {
+            let (endpoint, events) = cluster.bind(id, CertRole::RootCandidate)?;
+            cluster.roots.push(RootCandidate {
+                id,
+                address: endpoint.local_addr().to_string(),
+            });
+            endpoints.push((endpoint, events));
+        }
+        let members: BTreeMap<NodeId, String> = cluster
+            .roots
+            .iter()
+            .map(|r| (r.id, r.address.clone()))
+            .collect();
+        for (endpoint, events) in endpoints {
+            let group = cluster.open_group(&endpoint).await?;
+            group.initialize(members.clone()).await?;
+            cluster.spawn_candidate(endpoint, events, group)?;
+        }
         Ok(cluster)
+    }
+
+    fn node_seed(&self, id: NodeId) -> u64 {
+        self.spec.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     /// The cluster's CA (to issue extra certificates in tests).
@@ -113,7 +164,7 @@ impl LocalCluster {
         &self.spec.cluster
     }
 
-    /// The root's address.
+    /// The first root candidate's address (the root of a one-candidate cluster).
     pub fn root_address(&self) -> SocketAddr {
         self.nodes[0].handle.address()
     }
@@ -150,14 +201,15 @@ impl LocalCluster {
         endpoint: NetEndpoint,
         events: mpsc::Receiver<canopy_net::NetEvent>,
         subscriptions: Vec<KeyTag>,
+        roots: Vec<RootCandidate>,
     ) -> anyhow::Result<LocalNode> {
         let identity = endpoint.identity().clone();
-        let seed = self.spec.seed ^ identity.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = self.node_seed(identity.node_id);
         let (handle, mut deliveries) = spawn_node(
             endpoint,
             events,
             self.spec.tree.clone(),
-            self.roots.clone(),
+            roots,
             seed,
             subscriptions.clone(),
         )?;
@@ -183,7 +235,7 @@ impl LocalCluster {
         let id = self.next_router;
         self.next_router += 1;
         let (endpoint, events) = self.bind(id, CertRole::Router)?;
-        self.spawn(endpoint, events, Vec::new())
+        self.spawn(endpoint, events, Vec::new(), self.roots.clone())
     }
 
     /// Starts a client that wants `subscriptions`.
@@ -191,7 +243,21 @@ impl LocalCluster {
         let id = self.next_client;
         self.next_client += 1;
         let (endpoint, events) = self.bind(id, CertRole::Client)?;
-        self.spawn(endpoint, events, subscriptions)
+        self.spawn(endpoint, events, subscriptions, self.roots.clone())
+    }
+
+    /// Starts a client that sends its first join request to candidate `first`.
+    pub async fn add_client_asking_first(
+        &mut self,
+        first: NodeId,
+        subscriptions: Vec<KeyTag>,
+    ) -> anyhow::Result<LocalNode> {
+        let id = self.next_client;
+        self.next_client += 1;
+        let (endpoint, events) = self.bind(id, CertRole::Client)?;
+        let mut roots = self.roots.clone();
+        roots.sort_by_key(|r| r.id != first);
+        self.spawn(endpoint, events, subscriptions, roots)
     }
 
     /// Every node started (including stopped ones).
@@ -224,12 +290,23 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Checks the tree formed by the running nodes.
+    /// Checks the tree formed by the running nodes under the candidate serving as root
+    /// (candidates that do not serve are not part of the tree).
     pub async fn check(&self) -> Result<TreeShape, String> {
-        let summaries: Vec<NodeSummary> = self
-            .statuses()
-            .await
+        let statuses = self.statuses().await;
+        let serving: Vec<NodeId> = statuses
+            .iter()
+            .filter(|s| s.serving_root)
+            .map(|s| s.id)
+            .collect();
+        let root = match serving[..] {
+            [root] => root,
+            [] => return Err("no candidate serves as root".into()),
+            _ => return Err(format!("several candidates serve as root: {serving:?}")),
+        };
+        let summaries: Vec<NodeSummary> = statuses
             .into_iter()
+            .filter(|s| s.serving_root || !self.is_candidate(s.id))
             .map(|s| NodeSummary {
                 id: s.id,
                 role: s.role,
@@ -237,7 +314,11 @@ impl LocalCluster {
                 children: s.children,
             })
             .collect();
-        check_structure(&summaries, ROOT_ID)
+        check_structure(&summaries, root)
+    }
+
+    fn is_candidate(&self, id: NodeId) -> bool {
+        self.roots.iter().any(|r| r.id == id)
     }
 
     /// Waits until the running nodes form one sound tree whose size is `expected` nodes,
@@ -252,6 +333,7 @@ impl LocalCluster {
         loop {
             let statuses = self.statuses().await;
             let attached = statuses.iter().filter(|s| s.parent.is_some()).count() + 1;
+            let expected = expected.max(1);
             progress(attached.min(expected), expected);
             let last = self.check().await;
             if let Ok(shape) = &last {

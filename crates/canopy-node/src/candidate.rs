@@ -1,0 +1,333 @@
+//! A root candidate's side of the runtime: it follows Raft leadership, serves as root while
+//! it leads, commits the tree's structural decisions through Raft, and hands Raft and
+//! operator traffic to the group.
+//!
+//! Each stretch of leadership is a *reign*. Everything a reign starts (catching up, the
+//! proposer task) reports back tagged with its reign, and reports from an ended reign are
+//! ignored, so a deposed leader never releases an action for a commit it did not see.
+
+use std::time::Duration;
+
+use canopy_net::Identity;
+use canopy_proto::Body;
+use canopy_raft::{Leadership, RootGroup};
+use canopy_tree::{Input, NodeId, TreeView, ViewChange};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::admin::answer_admin;
+use crate::runtime::Runtime;
+
+/// Largest number of changes committed as one Raft entry.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reign {
+    /// Not leading (or not yet serving).
+    Idle,
+    /// Leading; catching up and committing `NewRoot` before serving.
+    Becoming,
+    /// Serving as root.
+    Serving,
+}
+
+/// What the candidate's background tasks report to the runtime.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Ready {
+        reign: u64,
+        view: Option<Box<TreeView>>,
+    },
+    Failed {
+        reign: u64,
+        error: String,
+    },
+    Committed {
+        reign: u64,
+        up_to: u64,
+    },
+    Lost {
+        reign: u64,
+        leader: Option<NodeId>,
+        error: String,
+    },
+}
+
+pub(crate) enum CandidateEvent {
+    /// Leadership may have changed, or it is time to look again.
+    Check,
+    Report(Report),
+}
+
+/// The receiving ends the runtime's loop waits on.
+pub(crate) struct CandidateChannels {
+    leadership: watch::Receiver<Leadership>,
+    leadership_open: bool,
+    reports: mpsc::UnboundedReceiver<Report>,
+    check: tokio::time::Interval,
+}
+
+impl CandidateChannels {
+    pub(crate) async fn next(&mut self) -> CandidateEvent {
+        let leadership_open = self.leadership_open;
+        tokio::select! {
+            changed = self.leadership.changed(), if leadership_open => {
+                if changed.is_err() {
+                    self.leadership_open = false;
+                }
+                CandidateEvent::Check
+            }
+            Some(report) = self.reports.recv() => CandidateEvent::Report(report),
+            _ = self.check.tick() => CandidateEvent::Check,
+        }
+    }
+}
+
+pub(crate) struct Candidate {
+    group: RootGroup,
+    leadership: watch::Receiver<Leadership>,
+    reports: mpsc::UnboundedSender<Report>,
+    reign_id: u64,
+    reign: Reign,
+    proposer: Option<mpsc::UnboundedSender<(u64, ViewChange)>>,
+    /// A leader that no quorum acknowledged for this long stops serving: the others may
+    /// already have elected a new leader.
+    lease: Duration,
+}
+
+impl Candidate {
+    pub(crate) fn new(group: RootGroup) -> (Candidate, CandidateChannels) {
+        let config = group.raft().config();
+        let heartbeat = Duration::from_millis(config.heartbeat_interval.max(1));
+        let election_max = Duration::from_millis(config.election_timeout_max);
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let mut check = tokio::time::interval(heartbeat);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let channels = CandidateChannels {
+            leadership: group.leadership(),
+            leadership_open: true,
+            reports,
+            check,
+        };
+        let candidate = Candidate {
+            leadership: group.leadership(),
+            group,
+            reports: reports_tx,
+            reign_id: 0,
+            reign: Reign::Idle,
+            proposer: None,
+            lease: election_max,
+        };
+        (candidate, channels)
+    }
+
+    pub(crate) fn on_link_closed(&self, peer: NodeId) {
+        self.group.on_link_closed(peer);
+    }
+
+    /// Queues a change for commit; the proposer commits in order, in batches.
+    pub(crate) fn propose(&self, seq: u64, change: ViewChange) {
+        let queued = self
+            .proposer
+            .as_ref()
+            .is_some_and(|p| p.send((seq, change)).is_ok());
+        if !queued {
+            warn!("a change was proposed outside a reign; it will not be acted on");
+        }
+    }
+
+    fn leads(&self) -> (bool, Option<NodeId>) {
+        let l = self.leadership.borrow();
+        let fresh = l.since_quorum_ack.is_none_or(|age| age <= self.lease);
+        (l.is_leader && fresh, l.leader)
+    }
+
+    fn begin_reign(&mut self, id: NodeId, region: String, address: String) {
+        self.reign_id += 1;
+        self.reign = Reign::Becoming;
+        let (reign, group, reports) = (self.reign_id, self.group.clone(), self.reports.clone());
+        tokio::spawn(async move {
+            let new_root = ViewChange::NewRoot {
+                root: id,
+                region,
+                address,
+            };
+            let result = async {
+                group.catch_up().await?;
+                group.propose(vec![new_root]).await
+            }
+            .await;
+            let report = match result {
+                Ok(_) => Report::Ready {
+                    reign,
+                    view: group.view().map(Box::new),
+                },
+                Err(e) => Report::Failed {
+                    reign,
+                    error: e.to_string(),
+                },
+            };
+            let _ = reports.send(report);
+        });
+    }
+
+    fn serve(&mut self) {
+        self.reign = Reign::Serving;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.proposer = Some(tx);
+        let (reign, group, reports) = (self.reign_id, self.group.clone(), self.reports.clone());
+        tokio::spawn(run_proposer(reign, group, rx, reports));
+    }
+
+    fn end_reign(&mut self) {
+        self.reign_id += 1;
+        self.reign = Reign::Idle;
+        self.proposer = None;
+    }
+}
+
+/// Commits queued changes in order, as many per Raft entry as are waiting.
+async fn run_proposer(
+    reign: u64,
+    group: RootGroup,
+    mut queue: mpsc::UnboundedReceiver<(u64, ViewChange)>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    while let Some((first_seq, first)) = queue.recv().await {
+        let mut up_to = first_seq;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok((seq, change)) => {
+                    up_to = seq;
+                    batch.push(change);
+                }
+                Err(_) => break,
+            }
+        }
+        let report = match group.propose(batch).await {
+            Ok(_) => Report::Committed { reign, up_to },
+            Err(e) => Report::Lost {
+                reign,
+                leader: group.leadership().borrow().leader,
+                error: e.to_string(),
+            },
+        };
+        let lost = matches!(report, Report::Lost { .. });
+        if reports.send(report).is_err() || lost {
+            return;
+        }
+    }
+}
+
+impl Runtime {
+    pub(crate) fn on_candidate_event(&mut self, event: CandidateEvent) {
+        match event {
+            CandidateEvent::Check => self.check_leadership(),
+            CandidateEvent::Report(report) => self.on_report(report),
+        }
+    }
+
+    fn check_leadership(&mut self) {
+        let id = self.node.id();
+        let region = self.node.region().to_owned();
+        let address = self.net.local_addr().to_string();
+        let Some(candidate) = self.candidate.as_mut() else {
+            return;
+        };
+        let (leads, leader) = candidate.leads();
+        let leader = leader.filter(|&l| l != id || leads);
+        match (leads, candidate.reign) {
+            (true, Reign::Idle) => {
+                info!(node = id, "leading the root group; taking over as root");
+                candidate.begin_reign(id, region, address);
+                // Until it serves, it must not send joiners back to the old leader (which
+                // may already name it): it names no one and joiners retry shortly.
+                self.handle(Input::StepDown { leader: Some(id) });
+            }
+            (true, _) => {}
+            (false, Reign::Idle) => {
+                if leader != self.node.known_leader() {
+                    self.handle(Input::StepDown { leader });
+                }
+            }
+            (false, _) => {
+                info!(
+                    node = id,
+                    ?leader,
+                    "no longer leading; stepping down as root"
+                );
+                candidate.end_reign();
+                self.handle(Input::StepDown { leader });
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let id = self.node.id();
+        let Some(candidate) = self.candidate.as_mut() else {
+            return;
+        };
+        match report {
+            Report::Ready { reign, view } if reign == candidate.reign_id => match view {
+                Some(view) => {
+                    info!(
+                        node = id,
+                        epoch = view.epoch,
+                        nodes = view.len(),
+                        "serving as root"
+                    );
+                    candidate.serve();
+                    self.handle(Input::BecomeRoot { view });
+                }
+                None => {
+                    warn!(node = id, "no tree view after NewRoot committed");
+                    candidate.end_reign();
+                }
+            },
+            Report::Failed { reign, error } if reign == candidate.reign_id => {
+                warn!(node = id, %error, "could not take over as root; will retry");
+                candidate.end_reign();
+            }
+            Report::Committed { reign, up_to } if reign == candidate.reign_id => {
+                self.handle(Input::Committed { up_to });
+            }
+            Report::Lost {
+                reign,
+                leader,
+                error,
+            } if reign == candidate.reign_id => {
+                warn!(node = id, %error, "commit failed; stepping down as root");
+                candidate.end_reign();
+                self.handle(Input::StepDown { leader });
+            }
+            // A report from an ended reign: whatever it says is no longer ours to act on.
+            _ => {}
+        }
+    }
+
+    /// Takes Raft and operator traffic out of the message stream; returns the message if it
+    /// is tree traffic.
+    pub(crate) fn take_candidate_message(
+        &mut self,
+        from: &Identity,
+        msg: canopy_proto::ControlMessage,
+    ) -> Option<canopy_proto::ControlMessage> {
+        match msg.body {
+            Some(Body::RaftRequest(_) | Body::RaftResponse(_)) => {
+                if let (Some(candidate), Some(body)) = (&self.candidate, msg.body) {
+                    candidate.group.on_message(from.node_id, body);
+                }
+                None
+            }
+            Some(Body::AdminRequest(request)) => {
+                let group = self.candidate.as_ref().map(|c| c.group.clone());
+                let net = self.net.clone();
+                tokio::spawn(answer_admin(group, net, from.node_id, request));
+                None
+            }
+            Some(Body::AdminResponse(_)) => None,
+            _ => Some(msg),
+        }
+    }
+}

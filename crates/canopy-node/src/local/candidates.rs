@@ -1,0 +1,135 @@
+//! The root candidates of a local cluster: their Raft groups, kills and restarts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_net::{CertRole, NetEndpoint};
+use canopy_raft::{GroupConfig, RootGroup};
+use canopy_tree::{NodeId, RootCandidate};
+use tokio::sync::mpsc;
+
+use super::{LocalCluster, LocalNode};
+use crate::spawn_candidate;
+
+impl LocalCluster {
+    pub(super) async fn open_group(&self, endpoint: &NetEndpoint) -> anyhow::Result<RootGroup> {
+        let id = endpoint.identity().node_id;
+        let config = GroupConfig {
+            id,
+            data_dir: self.data_dir.join(format!("candidate-{id}")),
+            timers: self.spec.raft,
+            tree: Arc::new(self.spec.tree.clone()),
+            snapshot_every: self.spec.snapshot_every,
+        };
+        Ok(RootGroup::open(config, endpoint.clone()).await?)
+    }
+
+    pub(super) fn spawn_candidate(
+        &mut self,
+        endpoint: NetEndpoint,
+        events: mpsc::Receiver<canopy_net::NetEvent>,
+        group: RootGroup,
+    ) -> anyhow::Result<LocalNode> {
+        let identity = endpoint.identity().clone();
+        let seed = self.node_seed(identity.node_id);
+        let (handle, _deliveries) = spawn_candidate(
+            endpoint,
+            events,
+            self.spec.tree.clone(),
+            self.roots.clone(),
+            seed,
+            group,
+        )?;
+        let node = LocalNode {
+            identity,
+            handle,
+            subscriptions: Vec::new(),
+        };
+        self.nodes
+            .retain(|n| n.identity.node_id != node.identity.node_id);
+        self.nodes.push(node.clone());
+        Ok(node)
+    }
+
+    /// Restarts a stopped or killed root candidate on its old address, from its Raft state
+    /// on disk.
+    pub async fn restart_candidate(&mut self, id: NodeId) -> anyhow::Result<LocalNode> {
+        let address: SocketAddr = self
+            .roots
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| anyhow::anyhow!("{id} is not a root candidate"))?
+            .address
+            .parse()?;
+        // Drop our handles on the old incarnation so its socket (and Raft store) can close.
+        self.nodes.retain(|n| n.identity.node_id != id);
+        let creds = self.credentials(id, CertRole::RootCandidate)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (endpoint, events) = loop {
+            match NetEndpoint::bind(address, creds.clone(), self.spec.net.clone()) {
+                Ok(bound) => break bound,
+                // The killed incarnation's socket closes once its connections drain.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%e, "address still in use; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let group = loop {
+            match self.open_group(&endpoint).await {
+                Ok(group) => break group,
+                // sled's lock on the old incarnation's store goes with its last handle.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%e, "Raft store still open; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.spawn_candidate(endpoint, events, group)
+    }
+
+    /// The root candidates (id and address).
+    pub fn candidates(&self) -> &[RootCandidate] {
+        &self.roots
+    }
+
+    /// The candidate serving as root right now, if exactly one does.
+    pub async fn serving_root(&self) -> Option<NodeId> {
+        let serving: Vec<NodeId> = self
+            .statuses()
+            .await
+            .into_iter()
+            .filter(|s| s.serving_root)
+            .map(|s| s.id)
+            .collect();
+        match serving[..] {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// Waits until some candidate serves as root.
+    pub async fn wait_for_root(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(root) = self.serving_root().await {
+                return Ok(root);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no candidate served as root within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills a node abruptly (see [`NodeHandle::kill`]).
+    pub async fn kill(&self, id: NodeId) {
+        if let Some(node) = self.node(id) {
+            node.handle.kill().await;
+        }
+    }
+}

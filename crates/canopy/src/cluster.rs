@@ -1,0 +1,213 @@
+//! `canopy cluster`: the root group as an operator sees it (status, membership changes),
+//! over mutual TLS with an admin certificate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use canopy_net::Credentials;
+use canopy_node::admin::{AdminClient, MembershipChange};
+use canopy_node::NodeConfig;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, members, commit index and a tree summary, from every candidate.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a root candidate to the Raft group (it must be running and reachable).
+    AddCandidate {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The new candidate's node id (its certificate must be a root-candidate one).
+        #[arg(long)]
+        id: u64,
+        /// Where the new candidate listens, host:port.
+        #[arg(long)]
+        address: SocketAddr,
+    },
+    /// Remove a root candidate from the Raft group.
+    RemoveCandidate {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// How to reach the root group.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Directory holding ca.pem and the admin's node-ID.pem / node-ID.key.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// Node id of the admin certificate (`canopy certs issue --role admin --id N`).
+    #[arg(long)]
+    admin_id: u64,
+    /// A root candidate as ID=HOST:PORT (repeat for each).
+    #[arg(long = "candidate", value_parser = parse_candidate)]
+    candidates: Vec<(u64, SocketAddr)>,
+    /// Take the candidate list from a node's configuration file instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_candidate(text: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{text:?}: {id:?} is not a node id"))?;
+    let address = address
+        .parse()
+        .map_err(|_| format!("{text:?}: {address:?} is not HOST:PORT"))?;
+    Ok((id, address))
+}
+
+impl AdminArgs {
+    fn candidates(&self) -> anyhow::Result<Vec<(u64, SocketAddr)>> {
+        let mut list = self.candidates.clone();
+        if let Some(path) = &self.config {
+            let config = NodeConfig::load(path)?;
+            list.extend(config.root_candidates.iter().map(|r| (r.id, r.address)));
+        }
+        if list.is_empty() {
+            bail!("name the root candidates with --candidate ID=HOST:PORT or --config FILE");
+        }
+        Ok(list)
+    }
+
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let cert = self.dir.join(format!("node-{}.pem", self.admin_id));
+        let key = self.dir.join(format!("node-{}.key", self.admin_id));
+        let creds = Credentials::load(&self.dir.join("ca.pem"), &cert, &key)?;
+        Ok(AdminClient::connect(creds, None)?)
+    }
+}
+
+pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::Status { admin, json } => status(&admin, json).await,
+        ClusterCommand::AddCandidate { admin, id, address } => {
+            change(&admin, MembershipChange::Add { id, address }).await
+        }
+        ClusterCommand::RemoveCandidate { admin, id } => {
+            change(&admin, MembershipChange::Remove { id }).await
+        }
+    }
+}
+
+async fn change(admin: &AdminArgs, change: MembershipChange) -> anyhow::Result<ExitCode> {
+    let candidates = admin.candidates()?;
+    let mut client = admin.client()?;
+    let result = client.change_membership(&candidates, change.clone()).await;
+    client.close().await;
+    let leader = result.context("membership change failed")?;
+    match change {
+        MembershipChange::Add { id, address } => {
+            println!("candidate {id} ({address}) added; committed by leader {leader}")
+        }
+        MembershipChange::Remove { id } => {
+            println!("candidate {id} removed; committed by leader {leader}")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(admin: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let candidates = admin.candidates()?;
+    let mut client = admin.client()?;
+    let mut rows = Vec::new();
+    for &(id, address) in &candidates {
+        let row = match client.status(id, address).await {
+            Ok(status) => json!({ "id": id, "address": address.to_string(), "status": status }),
+            Err(e) => json!({ "id": id, "address": address.to_string(), "error": e.to_string() }),
+        };
+        rows.push(row);
+    }
+    client.close().await;
+    let leader_row = rows
+        .iter()
+        .find(|r| r["status"]["raft"]["state"] == "Leader");
+    let summary = json!({
+        "leader": leader_row.map(|r| r["id"].clone()),
+        "term": leader_row.map(|r| r["status"]["raft"]["term"].clone()),
+        "commit_index": leader_row.map(|r| r["status"]["raft"]["commit_index"].clone()),
+        "members": leader_row.map(|r| r["status"]["raft"]["members"].clone()),
+        "tree": leader_row.map(|r| r["status"]["tree"].clone()),
+        "candidates": rows,
+    });
+    if as_json {
+        println!("{summary}");
+    } else {
+        print_table(&summary);
+    }
+    let any_up = summary["candidates"]
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|r| r.get("status").is_some()));
+    Ok(if any_up {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_table(summary: &Value) {
+    let show = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "{:>6}  {:<21}  {:<9}  {:>5}  {:>6}  {:>7}  {:>7}  {:>8}",
+        "id", "address", "state", "term", "leader", "commit", "applied", "snapshot"
+    );
+    for row in summary["candidates"].as_array().into_iter().flatten() {
+        let raft = &row["status"]["raft"];
+        if let Some(error) = row.get("error") {
+            println!(
+                "{:>6}  {:<21}  unreachable: {}",
+                show(&row["id"]),
+                show(&row["address"]),
+                show(error)
+            );
+            continue;
+        }
+        println!(
+            "{:>6}  {:<21}  {:<9}  {:>5}  {:>6}  {:>7}  {:>7}  {:>8}",
+            show(&row["id"]),
+            show(&row["address"]),
+            show(&raft["state"]),
+            show(&raft["term"]),
+            show(&raft["leader"]),
+            show(&raft["commit_index"]),
+            show(&raft["applied_index"]),
+            show(&raft["snapshot_index"]),
+        );
+    }
+    println!("members: {}", show(&summary["members"]));
+    let tree = &summary["tree"];
+    if tree.is_object() {
+        println!(
+            "tree (leader's committed view): root {}, epoch {}, {} nodes ({} routers, {} clients), {} under the root, depth {}, {} detached",
+            show(&tree["root"]),
+            show(&tree["epoch"]),
+            show(&tree["nodes"]),
+            show(&tree["routers"]),
+            show(&tree["clients"]),
+            show(&tree["root_children"]),
+            show(&tree["depth"]),
+            show(&tree["detached"]),
+        );
+    } else {
+        println!("tree: no leader answered");
+    }
+}
