@@ -76,6 +76,9 @@ pub struct RaftConfig {
     pub election_max_ms: Option<u64>,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
+    /// Bootstrap the group from `root_candidates` on first start. Set it to false on a
+    /// candidate that joins a running group (`canopy cluster add-candidate`).
+    pub bootstrap: bool,
 }
 
 impl Default for RaftConfig {
@@ -87,6 +90,7 @@ impl Default for RaftConfig {
             election_min_ms: None,
             election_max_ms: None,
             snapshot_every: 1000,
+            bootstrap: true,
         }
     }
 }

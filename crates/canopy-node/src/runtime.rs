@@ -191,10 +191,11 @@ impl NodeHandle {
     }
 
     async fn stop_io(&self) {
-        self.net.shutdown().await;
+        // Raft first: a leader whose endpoint is gone would keep retrying its peers.
         if let Some(group) = &self.group {
             group.shutdown().await;
         }
+        self.net.shutdown().await;
     }
 
     async fn join_task(&self) {
@@ -502,6 +503,14 @@ impl Runtime {
             self.counters.multicast_sent += 1;
         } else {
             self.counters.control_sent += 1;
+        }
+        if let Some(Body::JoinRequest(join)) = &msg.body {
+            // A retry means the candidate did not answer: our connection to it may outlive
+            // it (a candidate that crashed and restarted on the same address does not know
+            // the old connection, and QUIC only notices at its idle timeout). Dial afresh.
+            if join.attempt > 0 {
+                self.net.close_link(to, "join retry");
+            }
         }
         let addr = self.node.peer_address(to).and_then(|a| a.parse().ok());
         if let Err(error) = self.net.send(to, addr, msg) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
-use canopy_node::local::{LocalCluster, LocalClusterSpec, ROOT_ID};
+use canopy_node::local::{LocalCluster, LocalClusterSpec};
 use canopy_node::{key_tag, NodeCounters};
 use canopy_tree::{KeyTag, NodeId};
 use clap::Args;
@@ -28,6 +28,9 @@ pub struct DemoArgs {
     publishes: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Root candidates in the Raft group; the leader serves as root.
+    #[arg(long, default_value_t = 3)]
+    candidates: usize,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     json: bool,
@@ -60,6 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let spec = LocalClusterSpec {
         seed: args.seed,
+        candidates: args.candidates,
         ..LocalClusterSpec::default()
     };
     let mut cluster = LocalCluster::start(spec).await?;
@@ -76,9 +80,12 @@ async fn drive(
     let name = cluster.name().to_owned();
     let tag_of = |key: &str| key_tag(&name, key);
     eprintln!(
-        "canopy demo: root + {} routers + {} clients on 127.0.0.1, QUIC with mutual TLS (ring)",
-        args.routers, args.clients
+        "canopy demo: {} root candidates (Raft) + {} routers + {} clients on 127.0.0.1, QUIC \
+         with mutual TLS (ring)",
+        args.candidates, args.routers, args.clients
     );
+    let root = cluster.wait_for_root(Duration::from_secs(30)).await?;
+    eprintln!("root group elected candidate {root} as leader; it serves as root");
     // Routers first, so they take the top of the tree.
     for _ in 0..args.routers {
         cluster.add_router().await?;
@@ -174,8 +181,12 @@ async fn drive(
         })
     };
     let max_node = statuses.iter().map(|s| per_node(s.id)).fold(0.0, f64::max);
-    println!("tree (depth {}):", shape.depth);
-    print!("{}", report::tree_shape(&statuses, ROOT_ID));
+    let root = statuses
+        .iter()
+        .find(|s| s.serving_root)
+        .map_or(root, |s| s.id);
+    println!("tree (depth {}, root = Raft leader {root}):", shape.depth);
+    print!("{}", report::tree_shape(&statuses, root));
     println!();
     print!("{}", report::message_table(&statuses, &before, publishes));
     println!();
@@ -196,7 +207,9 @@ async fn drive(
             "duplicates": duplicates,
             "unwanted": unwanted,
             "max_node_msgs_per_multicast": max_node,
-            "root_msgs_per_multicast": per_node(ROOT_ID),
+            "root_msgs_per_multicast": per_node(root),
+            "root": root,
+            "candidates": args.candidates,
             "tree_depth": shape.depth,
             "elapsed_ms": started.elapsed().as_millis() as u64,
         });

@@ -38,6 +38,8 @@ pub struct FailoverArgs {
 struct KillResult {
     killed: NodeId,
     new_root: NodeId,
+    /// Kill to a new candidate serving as root (election plus committing `NewRoot`).
+    new_root_ms: f64,
     /// Kill to the first multicast published after the kill that crossed the new root.
     failover_ms: f64,
     /// Kill to every child of the old root attached under the new one.
@@ -91,6 +93,7 @@ async fn kill_once(
     let killed_at = Instant::now();
     cluster.kill(leader).await;
     let (mut failover, mut reattach, mut new_root) = (None, None, None);
+    let mut serving = None;
     let mut within = 0u64;
     let deadline = killed_at + Duration::from_secs(60);
     while failover.is_none() || reattach.is_none() {
@@ -113,6 +116,9 @@ async fn kill_once(
         if reattach.is_none() {
             let statuses = cluster.statuses().await;
             let root = statuses.iter().find(|s| s.serving_root).map(|s| s.id);
+            if serving.is_none() && root.is_some() {
+                serving = Some(killed_at.elapsed());
+            }
             let by_id: HashMap<NodeId, Option<NodeId>> =
                 statuses.iter().map(|s| (s.id, s.parent)).collect();
             if let Some(root) = root {
@@ -133,6 +139,7 @@ async fn kill_once(
     Ok(KillResult {
         killed: leader,
         new_root: new_root.unwrap_or(0),
+        new_root_ms: ms(serving),
         failover_ms: ms(failover),
         reattach_ms: ms(reattach),
         subtrees_rebuilt: rebuilt,
@@ -175,15 +182,23 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<std::process::ExitCode> {
     let reattach: Vec<f64> = results.iter().map(|r| r.reattach_ms).collect();
     let rebuilt: usize = results.iter().map(|r| r.subtrees_rebuilt).sum();
     println!(
-        "{:>4} {:>7} {:>8} {:>12} {:>12} {:>9} {:>16}",
-        "kill", "killed", "new root", "failover ms", "reattach ms", "rebuilt", "within subtrees"
+        "{:>4} {:>7} {:>8} {:>12} {:>12} {:>12} {:>9} {:>16}",
+        "kill",
+        "killed",
+        "new root",
+        "serving ms",
+        "failover ms",
+        "reattach ms",
+        "rebuilt",
+        "within subtrees"
     );
     for (i, r) in results.iter().enumerate() {
         println!(
-            "{:>4} {:>7} {:>8} {:>12.0} {:>12.0} {:>9} {:>16}",
+            "{:>4} {:>7} {:>8} {:>12.0} {:>12.0} {:>12.0} {:>9} {:>16}",
             i + 1,
             r.killed,
             r.new_root,
+            r.new_root_ms,
             r.failover_ms,
             r.reattach_ms,
             r.subtrees_rebuilt,

@@ -66,8 +66,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                     config.raft.data_dir.display()
                 )
             })?;
-        let members = roots.iter().map(|r| (r.id, r.address.clone())).collect();
-        group.initialize(members).await?;
+        if config.raft.bootstrap {
+            let members = roots.iter().map(|r| (r.id, r.address.clone())).collect();
+            group.initialize(members).await?;
+        }
         spawn_candidate(endpoint, events, tree, roots, seed_from_clock(), group)?
     } else {
         spawn_node(endpoint, events, tree, roots, seed_from_clock(), tags)?

@@ -261,6 +261,10 @@ impl Node {
     /// Loses the parent and rejoins through the root, keeping the subtree.
     pub(super) fn orphan(&mut self, now: Time, out: &mut Vec<Output>) {
         if let Some(previous) = self.parent.take() {
+            // A root that went silent is likely dead: ask the next candidate first.
+            if self.leader().is_some_and(|l| l.id == previous.id) && !self.roots.is_empty() {
+                self.leader_index = (self.leader_index + 1) % self.roots.len();
+            }
             out.push(Output::Event(TreeEvent::Orphaned {
                 previous: previous.id,
             }));
