@@ -1,0 +1,430 @@
+//! Raft RPCs to other candidates over canopy-net: openraft's `RaftNetworkFactory` /
+//! `RaftNetwork` (v2 of 0.9).
+//!
+//! Every RPC gets a request id and a oneshot in the pending map, goes out as a `RaftRequest`
+//! whose body is the JSON of openraft's request, and waits for the `RaftResponse` with the
+//! same id (whose body is the JSON of `Result<response, RaftError>`). A failed send or a
+//! closed link fails the RPC at once as `Unreachable` (openraft backs off); no answer within
+//! the RPC's hard TTL is a `Timeout` while a link to the peer is up, else `Unreachable`.
+//! A pending entry is removed when its RPC ends in any way, including being dropped by
+//! openraft's own timeout, so nothing leaks when a peer dies.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use canopy_net::NetEndpoint;
+use canopy_proto::v1::raft_request::Kind;
+use canopy_proto::v1::{RaftRequest, RaftResponse};
+use canopy_proto::{Body, ControlMessage};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RPCTypes};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::{CandidateId, TypeConfig};
+
+/// Largest request body sent (the frame limit is 1 MiB; leave room for the envelope).
+pub const MAX_RPC_BODY: usize = 768 * 1024;
+/// The AppendEntries budget never shrinks below this (one entry is always sent).
+const MIN_RPC_BUDGET: usize = 64 * 1024;
+/// Snapshot chunk size: chunks travel as JSON arrays of numbers (up to 4 bytes per byte).
+pub const SNAPSHOT_CHUNK: u64 = 128 * 1024;
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<CandidateId, BasicNode, RaftError<CandidateId, E>>>;
+
+/// Why an RPC got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcFailure {
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable { peer: CandidateId, reason: String },
+    #[error("peer {peer} did not answer within {ttl:?}")]
+    Timeout { peer: CandidateId, ttl: Duration },
+    #[error("peer {peer} could not handle the request: {reason}")]
+    Remote { peer: CandidateId, reason: String },
+    #[error("undecodable answer from peer {peer}: {reason}")]
+    BadAnswer { peer: CandidateId, reason: String },
+}
+
+struct Pending {
+    peer: CandidateId,
+    tx: oneshot::Sender<RaftResponse>,
+}
+
+/// The client side shared by all of a candidate's RPCs.
+pub(crate) struct Rpc {
+    me: CandidateId,
+    net: NetEndpoint,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Addresses that override the ones the membership records (peers that moved).
+    addresses: RwLock<HashMap<CandidateId, String>>,
+    /// Pause before retrying an unreachable peer.
+    backoff: Duration,
+    closed: AtomicBool,
+}
+
+/// Removes its pending entry when the RPC ends, however it ends.
+struct PendingGuard<'a> {
+    rpc: &'a Rpc,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.rpc.lock().remove(&self.id);
+    }
+}
+
+impl Rpc {
+    pub fn new(me: CandidateId, net: NetEndpoint, backoff: Duration) -> Arc<Rpc> {
+        Arc::new(Rpc {
+            me,
+            net,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            addresses: RwLock::new(HashMap::new()),
+            backoff,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn net(&self) -> &NetEndpoint {
+        &self.net
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        // Only single inserts and removes happen under this lock.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Completes the RPC the response answers, if `from` is the peer it was sent to.
+    pub fn complete(&self, from: CandidateId, response: RaftResponse) {
+        let mut pending = self.lock();
+        match pending.get(&response.request_id) {
+            Some(p) if p.peer == from => {
+                if let Some(p) = pending.remove(&response.request_id) {
+                    let _ = p.tx.send(response);
+                }
+            }
+            Some(p) => warn!(
+                from,
+                expected = p.peer,
+                id = response.request_id,
+                "raft response from the wrong peer, ignored"
+            ),
+            None => debug!(
+                from,
+                id = response.request_id,
+                "late raft response, ignored"
+            ),
+        }
+    }
+
+    /// How many RPCs await an answer.
+    pub fn outstanding(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Fails every outstanding RPC to `peer` (its link closed).
+    pub fn fail_peer(&self, peer: CandidateId) {
+        self.lock().retain(|_, p| p.peer != peer);
+    }
+
+    /// Fails every outstanding RPC and refuses new ones.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.lock().clear();
+    }
+
+    /// Overrides (or with `None` stops overriding) the address `peer` is dialled at. A change
+    /// closes the link to the peer, so a dial to the old address does not hold messages back.
+    pub fn set_address(&self, peer: CandidateId, address: Option<String>) {
+        let previous = {
+            let mut addresses = self
+                .addresses
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &address {
+                Some(a) => addresses.insert(peer, a.clone()),
+                None => addresses.remove(&peer),
+            }
+        };
+        if previous != address {
+            self.net.close_link(peer, "candidate address changed");
+        }
+    }
+
+    fn address_override(&self, peer: CandidateId) -> Option<String> {
+        self.addresses
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&peer)
+            .cloned()
+    }
+
+    /// Sends one request and waits for its response body.
+    async fn call(
+        &self,
+        peer: CandidateId,
+        address: &str,
+        kind: Kind,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, RpcFailure> {
+        let unreachable = |reason: String| RpcFailure::Unreachable { peer, reason };
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(unreachable("this candidate is shutting down".into()));
+        }
+        let address = self
+            .address_override(peer)
+            .unwrap_or_else(|| address.to_owned());
+        let addr = tokio::time::timeout(ttl, resolve(&address))
+            .await
+            .ok()
+            .flatten();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, Pending { peer, tx });
+        let _guard = PendingGuard { rpc: self, id };
+        let request = RaftRequest {
+            request_id: id,
+            kind: kind as i32,
+            body: body.into(),
+        };
+        self.net
+            .send(peer, addr, ControlMessage::new(Body::RaftRequest(request)))
+            .map_err(|e| unreachable(format!("send to {address}: {e}")))?;
+        let response = match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => return Err(unreachable("the link closed".into())),
+            Err(_) if self.net.connected_peers().contains(&peer) => {
+                return Err(RpcFailure::Timeout { peer, ttl })
+            }
+            Err(_) => return Err(unreachable(format!("no link to {address}"))),
+        };
+        if !response.error.is_empty() {
+            return Err(RpcFailure::Remote {
+                peer,
+                reason: response.error,
+            });
+        }
+        Ok(response.body.to_vec())
+    }
+}
+
+/// A socket address from "ip:port", or by a DNS lookup of "host:port".
+async fn resolve(address: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = address.parse() {
+        return Some(addr);
+    }
+    match tokio::net::lookup_host(address).await {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            debug!(address, error = %e, "cannot resolve candidate address");
+            None
+        }
+    }
+}
+
+/// openraft's network factory: one [`PeerClient`] per target.
+pub(crate) struct NetworkFactory {
+    pub rpc: Arc<Rpc>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: CandidateId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            rpc: self.rpc.clone(),
+            target,
+            address: node.addr.clone(),
+            budget: MAX_RPC_BODY,
+        }
+    }
+}
+
+/// RPCs to one target.
+pub(crate) struct PeerClient {
+    rpc: Arc<Rpc>,
+    target: CandidateId,
+    address: String,
+    /// Current AppendEntries body budget, in bytes.
+    budget: usize,
+}
+
+impl PeerClient {
+    async fn request<Req, Resp, E>(
+        &self,
+        kind: Kind,
+        action: RPCTypes,
+        request: &Req,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(kind, action, body, ttl).await
+    }
+
+    /// Sends an encoded request and decodes the answer.
+    async fn send<Resp, E>(
+        &self,
+        kind: Kind,
+        action: RPCTypes,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let target = self.target;
+        if body.len() > MAX_RPC_BODY {
+            let failure = RpcFailure::Unreachable {
+                peer: target,
+                reason: format!(
+                    "{action} request of {} bytes exceeds {MAX_RPC_BODY}",
+                    body.len()
+                ),
+            };
+            warn!(%failure, "raft request too large");
+            return Err(RPCError::Unreachable(Unreachable::new(&failure)));
+        }
+        let answer = match self.rpc.call(target, &self.address, kind, body, ttl).await {
+            Ok(answer) => answer,
+            Err(RpcFailure::Timeout { .. }) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: self.rpc.me,
+                    target,
+                    timeout: ttl,
+                }))
+            }
+            Err(failure @ RpcFailure::Unreachable { .. }) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&failure)))
+            }
+            Err(failure) => return Err(RPCError::Network(NetworkError::new(&failure))),
+        };
+        match serde_json::from_slice::<Result<Resp, RaftError<CandidateId, E>>>(&answer) {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
+            Err(e) => {
+                let failure = RpcFailure::BadAnswer {
+                    peer: target,
+                    reason: e.to_string(),
+                };
+                Err(RPCError::Network(NetworkError::new(&failure)))
+            }
+        }
+    }
+}
+
+/// How many leading entries fit in a request body of `budget` bytes.
+fn fitting_prefix(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> usize {
+    let envelope = AppendEntriesRequest::<TypeConfig> {
+        vote: rpc.vote,
+        prev_log_id: rpc.prev_log_id,
+        leader_commit: rpc.leader_commit,
+        entries: Vec::new(),
+    };
+    let mut size = serde_json::to_vec(&envelope).map_or(0, |b| b.len());
+    let mut fit = 0;
+    for entry in &rpc.entries {
+        // +1 for the separating comma.
+        size += serde_json::to_vec(entry).map_or(usize::MAX / 2, |b| b.len()) + 1;
+        if size > budget {
+            break;
+        }
+        fit += 1;
+    }
+    fit
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    /// Sends as many entries as fit the current budget (at most [`MAX_RPC_BODY`]); when that
+    /// is not all of them, a success is reported as a partial success up to the last one sent.
+    /// openraft gives an AppendEntries one heartbeat interval, so a large request that times
+    /// out halves the budget for this peer; successes grow it back.
+    async fn append_entries(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<CandidateId>> {
+        let encode_failed = |e: serde_json::Error| RPCError::Network(NetworkError::new(&e));
+        let mut body = serde_json::to_vec(&rpc).map_err(encode_failed)?;
+        let mut partial = None;
+        if body.len() > self.budget && rpc.entries.len() > 1 {
+            let fit = fitting_prefix(&rpc, self.budget).max(1);
+            rpc.entries.truncate(fit);
+            partial = rpc.entries.last().map(|e| e.log_id);
+            body = serde_json::to_vec(&rpc).map_err(encode_failed)?;
+            debug!(
+                target = self.target,
+                fit,
+                budget = self.budget,
+                "append_entries split"
+            );
+        }
+        let sent = body.len();
+        let action = RPCTypes::AppendEntries;
+        let result = self
+            .send(Kind::AppendEntries, action, body, option.hard_ttl())
+            .await;
+        match &result {
+            Err(RPCError::Timeout(_)) if sent > MIN_RPC_BUDGET => {
+                self.budget = (sent / 2).max(MIN_RPC_BUDGET);
+            }
+            Ok(_) => self.budget = self.budget.saturating_mul(2).min(MAX_RPC_BODY),
+            Err(_) => {}
+        }
+        match (result?, partial) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                Ok(AppendEntriesResponse::PartialSuccess(Some(last)))
+            }
+            (response, _) => Ok(response),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<CandidateId>, InstallSnapshotError> {
+        let ttl = option.hard_ttl();
+        self.request(Kind::InstallSnapshot, RPCTypes::InstallSnapshot, &rpc, ttl)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<CandidateId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<CandidateId>> {
+        let ttl = option.hard_ttl();
+        self.request(Kind::Vote, RPCTypes::Vote, &rpc, ttl).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.rpc.backoff))
+    }
+}
