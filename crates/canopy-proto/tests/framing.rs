@@ -3,10 +3,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use canopy_proto::v1::{
-    admin_request, disconnect, raft_request, AdminRequest, AdminResponse, AdoptChild,
-    AssignParent, CandidateChange, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta,
-    InterestSnapshot, JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach,
-    Role, SubtreeSize,
+    admin_request, disconnect, raft_request, AdminRequest, AdminResponse, AdoptChild, AssignParent,
+    CandidateChange, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta, InterestSnapshot,
+    JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach, Role, SubtreeSize,
 };
 use canopy_proto::{Body, ControlMessage, FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
 use proptest::prelude::*;
