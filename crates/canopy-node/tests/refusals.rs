@@ -8,7 +8,10 @@ use bytes::Bytes;
 use canopy_net::{CertRole, NetConfig, NetEndpoint, NetEvent};
 use canopy_node::key_tag;
 use canopy_node::local::{LocalCluster, LocalClusterSpec, ROOT_ID};
-use canopy_proto::v1::{JoinRequest, Role as WireRole};
+use canopy_proto::v1::{
+    admin_request, raft_request, AdminRequest, ClusterStatusRequest, JoinRequest, RaftRequest,
+    Role as WireRole,
+};
 use canopy_proto::{Body, ControlMessage};
 
 fn join_request(node_id: u64, role: WireRole) -> ControlMessage {
@@ -137,6 +140,47 @@ async fn admin_certificate_sending_tree_traffic_is_refused() {
     )
     .await;
     assert!(reason.contains("admin"), "{reason}");
+    still_serves(&mut cluster).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_root_candidates_take_part_in_raft_and_only_admins_ask_for_status() {
+    let mut cluster = LocalCluster::start(LocalClusterSpec::default())
+        .await
+        .unwrap();
+    let root = cluster
+        .wait_for_root(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let term_before = cluster
+        .node(root)
+        .unwrap()
+        .handle
+        .group()
+        .unwrap()
+        .status()
+        .await
+        .term;
+    // A router certificate asking for a vote (a term far ahead, to unseat the leader).
+    let vote = ControlMessage::new(Body::RaftRequest(RaftRequest {
+        request_id: 1,
+        kind: raft_request::Kind::Vote as i32,
+        body: Bytes::from_static(br#"{"vote":{"leader_id":{"term":99,"node_id":904},"committed":false},"last_log_id":null}"#),
+    }));
+    let reason = refused_reason(&cluster, 904, CertRole::Router, vote).await;
+    assert!(reason.contains("raft_request"), "{reason}");
+    let status = ControlMessage::new(Body::AdminRequest(AdminRequest {
+        request_id: 1,
+        command: Some(admin_request::Command::Status(ClusterStatusRequest {})),
+    }));
+    let reason = refused_reason(&cluster, 905, CertRole::Client, status).await;
+    assert!(reason.contains("admin_request"), "{reason}");
+    assert_eq!(root_refusals(&cluster).await, 2);
+    let group = cluster.node(root).unwrap().handle.group().unwrap().clone();
+    let after = group.status().await;
+    assert_eq!(after.term, term_before, "the refused vote changed nothing");
+    assert_eq!(after.leader, Some(root));
     still_serves(&mut cluster).await;
     cluster.shutdown().await;
 }
