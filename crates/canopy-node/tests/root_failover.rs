@@ -54,27 +54,27 @@ fn candidate_ids(cluster: &LocalCluster) -> Vec<NodeId> {
     cluster.candidates().iter().map(|c| c.id).collect()
 }
 
-/// Parent of every live node that is not a candidate.
-async fn parents(cluster: &LocalCluster) -> HashMap<NodeId, Option<NodeId>> {
+/// `field` of every live node that is not a candidate.
+async fn tree_nodes<T>(
+    cluster: &LocalCluster,
+    field: impl Fn(&canopy_node::NodeStatus) -> T,
+) -> HashMap<NodeId, T> {
     let candidates = candidate_ids(cluster);
     cluster
         .statuses()
         .await
-        .into_iter()
+        .iter()
         .filter(|s| !candidates.contains(&s.id))
-        .map(|s| (s.id, s.parent))
+        .map(|s| (s.id, field(s)))
         .collect()
 }
 
+async fn parents(cluster: &LocalCluster) -> HashMap<NodeId, Option<NodeId>> {
+    tree_nodes(cluster, |s| s.parent).await
+}
+
 async fn epochs(cluster: &LocalCluster) -> HashMap<NodeId, u64> {
-    let candidates = candidate_ids(cluster);
-    cluster
-        .statuses()
-        .await
-        .into_iter()
-        .filter(|s| !candidates.contains(&s.id))
-        .map(|s| (s.id, s.epoch))
-        .collect()
+    tree_nodes(cluster, |s| s.epoch).await
 }
 
 /// Waits until a candidate other than `old` serves and every node in `orphans` is its child.
