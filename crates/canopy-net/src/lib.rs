@@ -15,6 +15,8 @@
 //!   [`canopy_proto::ControlMessage`]s and reports [`NetEvent`]s.
 //! - `link`: one connection's writer and readers: a prioritised control stream and a data
 //!   stream per direction, framed with [`canopy_proto::FrameCodec`].
+//! - `fault`: the endpoint's UDP socket can be cut off or partitioned from chosen addresses
+//!   ([`NetEndpoint::set_cut`], [`NetEndpoint::set_blocked`]) for crash and partition tests.
 //!
 //! Bad input from a peer (a refused certificate, a malformed, oversized or unknown frame, a
 //! peer too slow to drain its queue) closes that one link with a logged reason and never
