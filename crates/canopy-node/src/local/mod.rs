@@ -100,7 +100,8 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Generates a CA and starts the root candidates (the Raft group elects the root).
+    /// Generates a CA and starts the root candidates; returns once the Raft group's leader
+    /// serves as root.
     pub async fn start(spec: LocalClusterSpec) -> anyhow::Result<LocalCluster> {
         anyhow::ensure!(
             (1..=9).contains(&spec.candidates),
@@ -147,6 +148,7 @@ impl LocalCluster {
             group.initialize(members.clone()).await?;
             cluster.spawn_candidate(endpoint, events, group)?;
         }
+        cluster.wait_for_root(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
