@@ -40,6 +40,24 @@ pub struct ViewEntry {
 }
 
 impl ViewEntry {
+    /// A node with no parent and no children yet.
+    fn unlinked(role: Role, region: &str, address: &str, assignment_id: u64, salt: u64) -> Self {
+        ViewEntry {
+            role,
+            region: region.to_owned(),
+            address: address.to_owned(),
+            parent: None,
+            assignment_id,
+            depth: 0,
+            direct_clients: 0,
+            child_routers: 0,
+            detached_since: None,
+            children: BTreeSet::new(),
+            former_parent: None,
+            salt,
+        }
+    }
+
     /// Ids of the nodes assigned directly under this one.
     pub fn children(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.children.iter().copied()
@@ -84,23 +102,8 @@ impl TreeView {
             epoch: 1,
             max_assignment: 0,
         };
-        view.nodes.insert(
-            root,
-            ViewEntry {
-                role: Role::Root,
-                region: region.to_owned(),
-                address: address.to_owned(),
-                parent: None,
-                assignment_id: 0,
-                depth: 0,
-                direct_clients: 0,
-                child_routers: 0,
-                detached_since: None,
-                children: BTreeSet::new(),
-                former_parent: None,
-                salt: 0,
-            },
-        );
+        view.nodes
+            .insert(root, ViewEntry::unlinked(Role::Root, region, address, 0, 0));
         view.reindex(root);
         view
     }
@@ -225,20 +228,7 @@ impl TreeView {
         } else {
             self.nodes.insert(
                 node,
-                ViewEntry {
-                    role,
-                    region: region.to_owned(),
-                    address: address.to_owned(),
-                    parent: None,
-                    assignment_id,
-                    depth: 0,
-                    direct_clients: 0,
-                    child_routers: 0,
-                    detached_since: None,
-                    children: BTreeSet::new(),
-                    former_parent: None,
-                    salt,
-                },
+                ViewEntry::unlinked(role, region, address, assignment_id, salt),
             );
         }
         let parent_depth = self.nodes.get(&parent).map_or(0, |p| p.depth);

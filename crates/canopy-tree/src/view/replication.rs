@@ -1,8 +1,6 @@
 //! The view as replicated state: the changes the root commits through Raft, and the
 //! snapshot form a lagging candidate catches up from.
 
-use std::collections::BTreeSet;
-
 use super::{TreeView, ViewEntry};
 use crate::{NodeId, Role, Time, TreeConfig};
 
@@ -178,23 +176,12 @@ impl TreeView {
         view.epoch = snapshot.epoch;
         view.max_assignment = snapshot.max_assignment;
         for r in &snapshot.records {
-            view.nodes.insert(
-                r.id,
-                ViewEntry {
-                    role: r.role,
-                    region: r.region.clone(),
-                    address: r.address.clone(),
-                    parent: r.parent,
-                    assignment_id: r.assignment_id,
-                    depth: 0,
-                    direct_clients: 0,
-                    child_routers: 0,
-                    detached_since: r.detached_since,
-                    children: BTreeSet::new(),
-                    former_parent: r.former_parent,
-                    salt: r.salt,
-                },
-            );
+            let mut entry =
+                ViewEntry::unlinked(r.role, &r.region, &r.address, r.assignment_id, r.salt);
+            entry.parent = r.parent;
+            entry.detached_since = r.detached_since;
+            entry.former_parent = r.former_parent;
+            view.nodes.insert(r.id, entry);
             if let Some(since) = r.detached_since {
                 view.detached.insert((since, r.id));
             }
