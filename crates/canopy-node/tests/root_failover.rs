@@ -84,11 +84,7 @@ async fn wait_for_reattach(cluster: &LocalCluster, old: NodeId, orphans: &[NodeI
         let statuses = cluster.statuses().await;
         let by_id: HashMap<NodeId, Option<NodeId>> =
             statuses.iter().map(|s| (s.id, s.parent)).collect();
-        let serving: Vec<NodeId> = statuses
-            .iter()
-            .filter(|s| s.serving_root)
-            .map(|s| s.id)
-            .collect();
+        let serving = canopy_node::local::serving_roots(&statuses);
         if let [root] = serving[..] {
             if root != old && orphans.iter().all(|o| by_id.get(o) == Some(&Some(root))) {
                 return root;
@@ -357,11 +353,7 @@ async fn a_partitioned_leader_cannot_act_and_two_roots_never_act_at_once() {
     let deadline = Instant::now() + WAIT;
     loop {
         let statuses = cluster.statuses().await;
-        let serving: Vec<NodeId> = statuses
-            .iter()
-            .filter(|s| s.serving_root)
-            .map(|s| s.id)
-            .collect();
+        let serving = canopy_node::local::serving_roots(&statuses);
         assert!(serving.len() <= 1, "two roots after healing: {serving:?}");
         let views: Vec<Option<ViewSnapshot>> = candidates
             .iter()

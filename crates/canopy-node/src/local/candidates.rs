@@ -98,13 +98,7 @@ impl LocalCluster {
 
     /// The candidate serving as root right now, if exactly one does.
     pub async fn serving_root(&self) -> Option<NodeId> {
-        let serving: Vec<NodeId> = self
-            .statuses()
-            .await
-            .into_iter()
-            .filter(|s| s.serving_root)
-            .map(|s| s.id)
-            .collect();
+        let serving = super::serving_roots(&self.statuses().await);
         match serving[..] {
             [one] => Some(one),
             _ => None,

@@ -77,6 +77,15 @@ pub fn fast_tree_config() -> TreeConfig {
     }
 }
 
+/// The nodes that say they serve as root (a sound cluster has exactly one).
+pub fn serving_roots(statuses: &[NodeStatus]) -> Vec<NodeId> {
+    statuses
+        .iter()
+        .filter(|s| s.serving_root)
+        .map(|s| s.id)
+        .collect()
+}
+
 /// A running node of a local cluster.
 #[derive(Clone)]
 pub struct LocalNode {
@@ -296,11 +305,7 @@ impl LocalCluster {
     /// (candidates that do not serve are not part of the tree).
     pub async fn check(&self) -> Result<TreeShape, String> {
         let statuses = self.statuses().await;
-        let serving: Vec<NodeId> = statuses
-            .iter()
-            .filter(|s| s.serving_root)
-            .map(|s| s.id)
-            .collect();
+        let serving = serving_roots(&statuses);
         let root = match serving[..] {
             [root] => root,
             [] => return Err("no candidate serves as root".into()),
