@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{canopy, free_port, ok, Running};
+use common::{canopy, free_port, issue, ok, Running};
 
 fn write_config(dir: &Path, id: u64, port: u16, root_port: u16) -> std::path::PathBuf {
     let path = dir.join(format!("node-{id}.toml"));
@@ -51,20 +51,7 @@ fn certs_and_two_processes_form_a_tree() {
         .unwrap();
     assert!(!again.status.success());
     for (id, role) in [(1, "root-candidate"), (10_000, "client")] {
-        let out = ok(canopy().args([
-            "certs",
-            "issue",
-            "--dir",
-            certs_arg,
-            "--cluster",
-            "lab",
-            "--id",
-            &id.to_string(),
-            "--role",
-            role,
-            "--region",
-            "lab",
-        ]));
+        let out = issue(certs_arg, id, role);
         assert!(
             out.contains(&format!("canopy://lab/{role}/{id}?region=lab")),
             "{out}"

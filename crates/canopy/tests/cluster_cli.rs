@@ -10,7 +10,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{canopy, free_port, ok, Running};
+use common::{canopy, free_port, issue, ok, Running};
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -23,20 +23,7 @@ impl Lab {
     }
 
     fn issue(&self, id: u64, role: &str) {
-        ok(canopy().args([
-            "certs",
-            "issue",
-            "--dir",
-            &self.certs(),
-            "--cluster",
-            "lab",
-            "--id",
-            &id.to_string(),
-            "--role",
-            role,
-            "--region",
-            "lab",
-        ]));
+        issue(&self.certs(), id, role);
     }
 
     fn config(&self, id: u64, port: u16, candidates: &[(u64, u16)], bootstrap: bool) -> PathBuf {

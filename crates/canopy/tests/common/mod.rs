@@ -32,3 +32,22 @@ pub fn free_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap().port()
 }
+
+/// Issues a certificate for node `id` of cluster "lab", region "lab", with the CA in `dir`;
+/// returns what `canopy certs issue` printed.
+pub fn issue(dir: &str, id: u64, role: &str) -> String {
+    ok(canopy().args([
+        "certs",
+        "issue",
+        "--dir",
+        dir,
+        "--cluster",
+        "lab",
+        "--id",
+        &id.to_string(),
+        "--role",
+        role,
+        "--region",
+        "lab",
+    ]))
+}
