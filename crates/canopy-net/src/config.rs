@@ -3,19 +3,26 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use canopy_proto::{ControlMessage, FrameError};
+use canopy_proto::{ControlMessage, FrameError, LENGTH_PREFIX_LEN};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::certs::CertError;
 use crate::identity::{Identity, NodeId};
 
-/// Capacity of the event channel returned by [`NetEndpoint::bind`](crate::NetEndpoint::bind).
-/// When it is full, readers stop reading and QUIC flow control pushes back on the peers.
+/// Capacity of the control lane of [`NetEvents`](crate::NetEvents) (every event but multicast
+/// messages). When a lane is full, the readers feeding it stop reading and QUIC flow control
+/// pushes back on the peers.
 pub const EVENT_QUEUE: usize = 1024;
+/// Capacity of the data lane of [`NetEvents`](crate::NetEvents) (multicast messages).
+pub const DATA_EVENT_QUEUE: usize = 1024;
 /// Concurrent unidirectional streams a peer may open (it needs two).
 const MAX_UNI_STREAMS: u32 = 4;
 
 /// Transport settings.
+///
+/// Every quantity a peer controls is bounded here; a peer over a bound costs only its own link
+/// (closed with a logged reason and counted in [`NetStats`](crate::NetStats)), except for the
+/// data rate, which is enforced by reading that peer's data more slowly.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     /// Largest frame body accepted and sent, in bytes.
@@ -24,6 +31,20 @@ pub struct NetConfig {
     pub control_queue: usize,
     /// Frames queued per link for the data stream before the peer counts as too slow.
     pub data_queue: usize,
+    /// Bytes of frames queued per link (both queues) and not yet taken by the link's writer
+    /// before the peer counts as too slow. Must hold at least one largest frame.
+    pub max_queued_bytes_per_link: usize,
+    /// Multicast frames per second accepted from one link, with a burst of the same size. A peer
+    /// sending faster is read more slowly (backpressure onto that peer only), never closed.
+    pub data_rate_per_link: u32,
+    /// Non-multicast frames per second accepted from one link, with a burst of twice that.
+    /// A peer sending faster has its link closed with [`CLOSE_PROTOCOL`](crate::CLOSE_PROTOCOL).
+    pub control_rate_per_link: u32,
+    /// Established connections at once (inbound and outbound). Inbound connections over the
+    /// bound are refused; outbound dials are never refused but count.
+    pub max_connections: usize,
+    /// How often live links are re-checked (expired peer certificates are closed).
+    pub recheck_interval: Duration,
     /// QUIC keep-alive interval (keeps quiet links from idling out).
     pub keep_alive: Duration,
     /// QUIC idle timeout: a peer silent this long is gone.
@@ -36,6 +57,11 @@ impl Default for NetConfig {
             max_frame_len: canopy_proto::DEFAULT_MAX_FRAME_LEN,
             control_queue: 1024,
             data_queue: 4096,
+            max_queued_bytes_per_link: 16 << 20,
+            data_rate_per_link: 50_000,
+            control_rate_per_link: 2_000,
+            max_connections: 16_384,
+            recheck_interval: Duration::from_secs(1),
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
         }
@@ -49,6 +75,24 @@ impl NetConfig {
             return Err(NetError::Config(
                 "max_frame_len, control_queue and data_queue must be positive".into(),
             ));
+        }
+        if self.data_rate_per_link == 0
+            || self.control_rate_per_link == 0
+            || self.max_connections == 0
+            || self.recheck_interval.is_zero()
+        {
+            return Err(NetError::Config(
+                "data_rate_per_link, control_rate_per_link, max_connections and \
+                 recheck_interval must be positive"
+                    .into(),
+            ));
+        }
+        let largest_frame = self.max_frame_len.saturating_add(LENGTH_PREFIX_LEN);
+        if self.max_queued_bytes_per_link < largest_frame {
+            return Err(NetError::Config(format!(
+                "max_queued_bytes_per_link ({}) must hold one largest frame ({largest_frame} bytes)",
+                self.max_queued_bytes_per_link
+            )));
         }
         if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
             return Err(NetError::Config(format!(
@@ -76,9 +120,12 @@ pub enum NetEvent {
     /// A message from a peer; `from` is the identity its certificate names.
     Message { from: Identity, msg: ControlMessage },
     /// The first connection to `peer` is established (again, after a `LinkClosed`, or after a
-    /// reconnect that overlapped the old connection).
+    /// reconnect that overlapped the old connection). Also follows the `LinkClosed` of a session
+    /// replaced by a newer inbound connection from the same node.
     LinkUp { peer: Identity },
-    /// The last connection to `peer`, or a dial to it, ended.
+    /// The last connection to `peer`, or a dial to it, ended; or the peer's inbound session was
+    /// replaced by a newer one (a `LinkUp` follows). Messages received after it come from a
+    /// new session.
     LinkClosed { peer: NodeId, reason: String },
 }
 
@@ -105,7 +152,7 @@ pub enum NetError {
 /// Why [`NetEndpoint::send`](crate::NetEndpoint::send) did not queue a message.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The link's queue was full: the peer is too slow. Its link was closed.
+    /// The link's queue was full (in frames or bytes): the peer is too slow. Its link was closed.
     #[error("send queue full: the peer is too slow, its link was closed")]
     QueueFull,
     /// No link to the peer and no address to dial.
@@ -120,4 +167,42 @@ pub enum SendError {
     /// The endpoint was shut down.
     #[error("the endpoint is shut down")]
     Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bounds_are_checked() {
+        assert!(NetConfig::default().transport_config().is_ok());
+        let invalid = [
+            NetConfig {
+                data_rate_per_link: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                control_rate_per_link: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                max_connections: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                recheck_interval: Duration::ZERO,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                max_queued_bytes_per_link: canopy_proto::DEFAULT_MAX_FRAME_LEN,
+                ..NetConfig::default()
+            },
+        ];
+        for config in invalid {
+            assert!(
+                matches!(config.transport_config(), Err(NetError::Config(_))),
+                "{config:?}"
+            );
+        }
+    }
 }

@@ -4,6 +4,13 @@
 //! dialled each other at once) and to at most one dial in progress. Sends go to the newest
 //! live connection, or queue on the dial. A peer's `LinkUp` is emitted when it gets its first
 //! established connection, `LinkClosed` when its last connection (or dial) ends.
+//!
+//! One session per identity: a peer has at most one inbound connection. A newer inbound
+//! connection from the same node replaces the older one, which the node sees as `LinkClosed`
+//! (emitted once the old connection's readers have stopped) followed by `LinkUp`.
+//! Established connections are bounded by [`NetConfig::max_connections`]; inbound ones over
+//! the bound are refused before the handshake. Establishing and running connections is in
+//! `session`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,20 +20,24 @@ use std::time::Duration;
 use bytes::BytesMut;
 use canopy_proto::{Body, ControlMessage, FrameCodec};
 use quinn::{Connection, VarInt};
-use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::certs::parse_identity;
-use crate::config::{NetConfig, NetError, NetEvent, SendError, EVENT_QUEUE};
+use crate::authority::Authority;
+use crate::config::{NetConfig, NetError, NetEvent, SendError};
+use crate::events::{self, EventSenders, NetEvents};
 use crate::fault::{FaultSocket, Faults};
-use crate::identity::{server_name_for, Identity, NodeId};
-use crate::link::{self, LinkEnd, LinkQueues, LinkSenders, CLOSE_IDENTITY, CLOSE_NORMAL};
+use crate::identity::{Identity, NodeId};
+use crate::link::{self, LinkQueues, LinkSenders, CLOSE_IDENTITY, CLOSE_NORMAL};
+use crate::session;
+use crate::stats::{bump, Counters, NetStats};
+use crate::sweep::{self, PeerCert};
 use crate::tls::Credentials;
 
-/// How long [`NetEndpoint::shutdown`] waits for connections to finish closing.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long [`NetEndpoint::shutdown`] waits for connections to finish closing, and how long a
+/// replacing connection waits for the replaced one's readers to stop.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A node's network endpoint. Cheap to clone; the endpoint closes when the last clone is
 /// dropped or [`NetEndpoint::shutdown`] is called.
@@ -59,35 +70,46 @@ impl Drop for Handle {
     }
 }
 
-struct Shared {
-    endpoint: quinn::Endpoint,
-    identity: Identity,
-    config: NetConfig,
+pub(crate) struct Shared {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) identity: Identity,
+    /// Signs and checks statements with certificates (the root's placement grants).
+    authority: Authority,
+    pub(crate) config: NetConfig,
     codec: FrameCodec,
-    events: mpsc::Sender<NetEvent>,
-    runtime: tokio::runtime::Handle,
+    pub(crate) events: EventSenders,
+    pub(crate) runtime: tokio::runtime::Handle,
     local_addr: SocketAddr,
     state: Mutex<State>,
     /// Switches that make the socket drop datagrams (fault injection).
     faults: Arc<Faults>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 #[derive(Default)]
-struct State {
-    links: HashMap<NodeId, Vec<Link>>,
-    next_link: u64,
-    shut_down: bool,
+pub(crate) struct State {
+    pub(crate) links: HashMap<NodeId, Vec<Link>>,
+    pub(crate) next_link: u64,
+    pub(crate) shut_down: bool,
 }
 
 /// One connection to a peer, or a dial in progress (`conn` is `None`).
-struct Link {
-    id: u64,
-    senders: LinkSenders,
-    conn: Option<Connection>,
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    pub(crate) senders: LinkSenders,
+    pub(crate) conn: Option<Connection>,
+    /// Accepted from the peer rather than dialled.
+    pub(crate) inbound: bool,
+    /// The peer's leaf certificate, once the connection is established.
+    pub(crate) cert: Option<PeerCert>,
+    /// Resolves (with an error) once the task running the link has ended and its readers
+    /// have stopped.
+    pub(crate) ended: Option<oneshot::Receiver<()>>,
 }
 
 impl Link {
-    fn is_live(&self) -> bool {
+    /// Established and neither closed nor removed.
+    pub(crate) fn is_live(&self) -> bool {
         self.conn
             .as_ref()
             .is_some_and(|c| c.close_reason().is_none())
@@ -97,12 +119,12 @@ impl Link {
 
 impl NetEndpoint {
     /// Binds a quinn endpoint (server + client) on `addr`; inbound events go to the returned
-    /// receiver. Must be called inside a tokio runtime.
+    /// [`NetEvents`] lanes. Must be called inside a tokio runtime.
     pub fn bind(
         addr: SocketAddr,
         creds: Credentials,
         config: NetConfig,
-    ) -> Result<(NetEndpoint, mpsc::Receiver<NetEvent>), NetError> {
+    ) -> Result<(NetEndpoint, NetEvents), NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let transport = Arc::new(config.transport_config()?);
         let server = creds.quic_server_config(transport.clone())?;
@@ -114,10 +136,11 @@ impl NetEndpoint {
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| NetError::Bind { addr, source })?;
-        let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+        let (events, receiver) = events::lanes();
         let shared = Arc::new(Shared {
             endpoint,
             identity: creds.identity().clone(),
+            authority: Authority::new(&creds)?,
             codec: FrameCodec::new(config.max_frame_len),
             config,
             events,
@@ -125,9 +148,11 @@ impl NetEndpoint {
             local_addr,
             state: Mutex::new(State::default()),
             faults,
+            counters: Arc::new(Counters::default()),
         });
         info!(node = shared.identity.node_id, %local_addr, "canopy endpoint listening");
-        shared.runtime.spawn(accept_loop(shared.clone()));
+        shared.runtime.spawn(session::accept_loop(shared.clone()));
+        shared.runtime.spawn(sweep::sweeper(shared.clone()));
         Ok((
             NetEndpoint {
                 handle: Arc::new(Handle { shared }),
@@ -141,6 +166,16 @@ impl NetEndpoint {
         self.handle.shared.local_addr
     }
 
+    /// The largest frame body this endpoint accepts and sends.
+    pub fn max_frame_len(&self) -> usize {
+        self.handle.shared.config.max_frame_len
+    }
+
+    /// Signs with the own certificate key and checks others' signatures against the CA.
+    pub fn authority(&self) -> &Authority {
+        &self.handle.shared.authority
+    }
+
     /// The identity the own certificate names.
     pub fn identity(&self) -> &Identity {
         &self.handle.shared.identity
@@ -149,8 +184,10 @@ impl NetEndpoint {
     /// Non-blocking: queues `msg` on the link to `peer`, dialling `addr` if there is no link yet
     /// (the dial runs in a spawned task; messages queue meanwhile). Multicast bodies go on the
     /// data stream, everything else on the control stream. If the link's bounded queue is full
-    /// the peer is too slow: its link is closed (`LinkClosed` with reason "send queue full") and
-    /// `Err(QueueFull)` returned. `Err(NoAddress)` if there is no link and `addr` is `None`.
+    /// (`control_queue` / `data_queue` frames, or `max_queued_bytes_per_link` bytes in both
+    /// queues) the peer is too slow: its link is closed (`LinkClosed` with reason "send queue
+    /// full" or "send queue over N bytes") and `Err(QueueFull)` returned. `Err(NoAddress)` if
+    /// there is no link and `addr` is `None`.
     pub fn send(
         &self,
         peer: NodeId,
@@ -179,17 +216,48 @@ impl NetEndpoint {
             } else {
                 &senders.control
             };
-            queue.try_send(frame)
+            queue_frame(&senders, queue, frame)
         };
         match result {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                warn!(peer, "send queue full, closing the link to the slow peer");
-                shared.close_peer(peer, link::CLOSE_QUEUE_FULL, "send queue full");
+            Err(Some(reason)) => {
+                warn!(peer, %reason, "closing the link to the slow peer");
+                if shared.close_peer(peer, link::CLOSE_QUEUE_FULL, &reason) {
+                    bump(&shared.counters.closed_queue_full);
+                }
                 Err(SendError::QueueFull)
             }
-            Err(TrySendError::Closed(_)) => Err(SendError::LinkDown),
+            Err(None) => Err(SendError::LinkDown),
         }
+    }
+
+    /// Counters of refusals and closes since the endpoint was bound, and the number of
+    /// established connections.
+    pub fn stats(&self) -> NetStats {
+        self.handle.shared.counters.snapshot()
+    }
+
+    /// The remote UDP address of the newest live connection to `peer`, if any (where the peer
+    /// really is, as opposed to where it claims to be).
+    pub fn remote_addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        let state = self.handle.shared.lock();
+        let links = state.links.get(&peer)?;
+        let link = links.iter().rev().find(|l| l.is_live())?;
+        link.conn.as_ref().map(Connection::remote_address)
+    }
+
+    /// Closes every established connection whose peer certificate satisfies `pred`, with
+    /// [`CLOSE_IDENTITY`] and `reason` (for example, certificates just
+    /// revoked). A peer left without connections gets a `LinkClosed` with `reason`. Returns
+    /// the peers whose connections were closed, ascending, each once.
+    pub fn close_peers_where(&self, reason: &str, pred: impl Fn(&PeerCert) -> bool) -> Vec<NodeId> {
+        let mut peers = self
+            .handle
+            .shared
+            .close_links_where(CLOSE_IDENTITY, |cert| pred(cert).then(|| reason.to_owned()));
+        peers.sort_unstable();
+        peers.dedup();
+        peers
     }
 
     /// Closes the link(s) to `peer` with a reason (sent as the QUIC close reason and logged).
@@ -270,6 +338,29 @@ fn bind_socket(
     )
 }
 
+/// Queues `frame` on `queue` of a link within its byte budget. `Err(Some(reason))` if the
+/// peer is too slow (a bound was hit), `Err(None)` if the link is gone.
+fn queue_frame(
+    senders: &LinkSenders,
+    queue: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    frame: bytes::Bytes,
+) -> Result<(), Option<String>> {
+    let len = frame.len();
+    if !senders.budget.reserve(len) {
+        return Err(Some(format!(
+            "send queue over {} bytes",
+            senders.budget.max()
+        )));
+    }
+    queue.try_send(frame).map_err(|e| {
+        senders.budget.release(len);
+        match e {
+            TrySendError::Full(_) => Some("send queue full".to_owned()),
+            TrySendError::Closed(_) => None,
+        }
+    })
+}
+
 /// The link to send on: the newest live connection, else the dial in progress.
 fn pick(links: &[Link]) -> Option<&Link> {
     links
@@ -280,7 +371,7 @@ fn pick(links: &[Link]) -> Option<&Link> {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the table consistent (no multi-step updates).
         self.state
             .lock()
@@ -294,24 +385,44 @@ impl Shared {
         peer: NodeId,
         addr: SocketAddr,
     ) -> LinkSenders {
-        let (senders, queues) = link::queues(self.config.control_queue, self.config.data_queue);
+        let (senders, queues) = self.queues();
+        let (ended_tx, ended_rx) = oneshot::channel();
         state.next_link += 1;
         let id = state.next_link;
         state.links.entry(peer).or_default().push(Link {
             id,
             senders: senders.clone(),
             conn: None,
+            inbound: false,
+            cert: None,
+            ended: Some(ended_rx),
         });
         debug!(peer, %addr, "dialling");
-        self.runtime
-            .spawn(dial(self.clone(), peer, addr, id, queues));
+        self.runtime.spawn(session::dial(
+            self.clone(),
+            peer,
+            addr,
+            id,
+            queues,
+            ended_tx,
+        ));
         senders
     }
 
-    /// Removes every link to `peer`, closes their connections, emits `LinkClosed`.
-    fn close_peer(&self, peer: NodeId, code: VarInt, reason: &str) {
+    /// Fresh send queues for a link.
+    pub(crate) fn queues(&self) -> (LinkSenders, LinkQueues) {
+        link::queues(
+            self.config.control_queue,
+            self.config.data_queue,
+            self.config.max_queued_bytes_per_link,
+        )
+    }
+
+    /// Removes every link to `peer`, closes their connections, emits `LinkClosed`. Returns
+    /// whether there was any.
+    fn close_peer(&self, peer: NodeId, code: VarInt, reason: &str) -> bool {
         let removed = self.lock().links.remove(&peer);
-        let Some(links) = removed else { return };
+        let Some(links) = removed else { return false };
         for conn in links.iter().filter_map(|l| l.conn.as_ref()) {
             conn.close(code, reason.as_bytes());
         }
@@ -319,10 +430,11 @@ impl Shared {
             peer,
             reason: reason.to_owned(),
         });
+        true
     }
 
     /// Removes one link; returns the `LinkClosed` event if it was the peer's last.
-    fn remove_link(&self, peer: NodeId, id: u64, reason: String) -> Option<NetEvent> {
+    pub(crate) fn remove_link(&self, peer: NodeId, id: u64, reason: String) -> Option<NetEvent> {
         let mut state = self.lock();
         let links = state.links.get_mut(&peer)?;
         let before = links.len();
@@ -340,183 +452,16 @@ impl Shared {
         }
     }
 
-    /// Emits an event from a synchronous context without blocking.
-    fn emit_now(&self, event: NetEvent) {
-        match self.events.try_send(event) {
+    /// Emits a control event from a synchronous context without blocking.
+    pub(crate) fn emit_now(&self, event: NetEvent) {
+        match self.events.control.try_send(event) {
             Ok(()) | Err(TrySendError::Closed(_)) => {}
             Err(TrySendError::Full(event)) => {
-                let events = self.events.clone();
+                let events = self.events.control.clone();
                 self.runtime.spawn(async move {
                     let _ = events.send(event).await;
                 });
             }
         }
     }
-
-    /// Puts an established connection in the table; `dialled` is the dial link it completes,
-    /// with that link's queues. Returns the link id, its queues and whether it is the peer's
-    /// first established connection; `None` if the dial was cancelled or we are shutting down.
-    fn register(
-        &self,
-        peer: NodeId,
-        conn: &Connection,
-        dialled: Option<(u64, LinkQueues)>,
-    ) -> Option<(u64, LinkQueues, bool)> {
-        let mut state = self.lock();
-        if state.shut_down {
-            return None;
-        }
-        let first = !state
-            .links
-            .get(&peer)
-            .is_some_and(|links| links.iter().any(Link::is_live));
-        match dialled {
-            Some((id, queues)) => {
-                let link = state
-                    .links
-                    .get_mut(&peer)?
-                    .iter_mut()
-                    .find(|l| l.id == id)?;
-                link.conn = Some(conn.clone());
-                Some((id, queues, first))
-            }
-            None => {
-                state.next_link += 1;
-                let id = state.next_link;
-                let (senders, queues) =
-                    link::queues(self.config.control_queue, self.config.data_queue);
-                state.links.entry(peer).or_default().push(Link {
-                    id,
-                    senders,
-                    conn: Some(conn.clone()),
-                });
-                Some((id, queues, first))
-            }
-        }
-    }
-
-    /// Runs an authenticated connection as a link until it ends.
-    async fn run_link(&self, conn: Connection, peer: Identity, dialled: Option<(u64, LinkQueues)>) {
-        let node = peer.node_id;
-        let Some((id, queues, first)) = self.register(node, &conn, dialled) else {
-            conn.close(CLOSE_NORMAL, b"link cancelled");
-            return;
-        };
-        info!(peer = node, remote = %conn.remote_address(), role = %peer.role, "link up");
-        if first {
-            let _ = self
-                .events
-                .send(NetEvent::LinkUp { peer: peer.clone() })
-                .await;
-        }
-        let end = link::drive(
-            &conn,
-            &peer,
-            queues,
-            &self.events,
-            self.config.max_frame_len,
-        )
-        .await;
-        let reason = match end {
-            LinkEnd::Local { code, reason } => match conn.close_reason() {
-                Some(err) => link::describe(&err),
-                None => {
-                    warn!(peer = node, %reason, "closing link");
-                    conn.close(code, reason.as_bytes());
-                    reason
-                }
-            },
-            LinkEnd::Gone(reason) => reason,
-        };
-        info!(peer = node, %reason, "connection ended");
-        if let Some(event) = self.remove_link(node, id, reason) {
-            let _ = self.events.send(event).await;
-        }
-    }
-
-    /// Checks an inbound connection's certificate identity and runs it as a link.
-    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
-        let remote = incoming.remote_address();
-        let conn = match incoming.await {
-            Ok(conn) => conn,
-            Err(e) => {
-                warn!(%remote, error = %e, "refused inbound connection");
-                return;
-            }
-        };
-        let peer = match verified_identity(&conn) {
-            Ok(peer) if peer.cluster == self.identity.cluster => peer,
-            Ok(peer) => {
-                let reason = format!("peer is in cluster {:?}", peer.cluster);
-                warn!(%remote, %reason, "refused inbound connection");
-                conn.close(CLOSE_IDENTITY, reason.as_bytes());
-                return;
-            }
-            Err(reason) => {
-                warn!(%remote, %reason, "refused inbound connection");
-                conn.close(CLOSE_IDENTITY, reason.as_bytes());
-                return;
-            }
-        };
-        self.run_link(conn, peer, None).await;
-    }
-}
-
-async fn accept_loop(shared: Arc<Shared>) {
-    while let Some(incoming) = shared.endpoint.accept().await {
-        shared
-            .runtime
-            .spawn(shared.clone().handle_incoming(incoming));
-    }
-    debug!(node = shared.identity.node_id, "accept loop ended");
-}
-
-/// Connects to `peer` at `addr`, checks that the certificate names `peer`, runs the link.
-async fn dial(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr, id: u64, queues: LinkQueues) {
-    match connect(&shared, peer, addr).await {
-        Ok((conn, identity)) => shared.run_link(conn, identity, Some((id, queues))).await,
-        Err(reason) => {
-            warn!(peer, %addr, %reason, "dial failed");
-            if let Some(event) = shared.remove_link(peer, id, format!("dial failed: {reason}")) {
-                let _ = shared.events.send(event).await;
-            }
-        }
-    }
-}
-
-async fn connect(
-    shared: &Shared,
-    peer: NodeId,
-    addr: SocketAddr,
-) -> Result<(Connection, Identity), String> {
-    let cluster = &shared.identity.cluster;
-    let conn = shared
-        .endpoint
-        .connect(addr, &server_name_for(cluster, peer))
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| link::describe(&e))?;
-    let identity = verified_identity(&conn).map_err(|reason| close_with(&conn, reason))?;
-    if identity.node_id != peer || identity.cluster != *cluster {
-        let reason = format!("dialled node {peer} of {cluster} but reached {identity}");
-        return Err(close_with(&conn, reason));
-    }
-    Ok((conn, identity))
-}
-
-fn close_with(conn: &Connection, reason: String) -> String {
-    conn.close(CLOSE_IDENTITY, reason.as_bytes());
-    reason
-}
-
-/// The identity named by the peer's verified certificate.
-fn verified_identity(conn: &Connection) -> Result<Identity, String> {
-    let certs = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| "peer presented no certificate".to_string())?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| "peer presented an empty certificate chain".to_string())?;
-    parse_identity(leaf).map_err(|e| format!("peer certificate: {e}"))
 }

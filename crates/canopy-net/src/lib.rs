@@ -9,12 +9,20 @@
 //! - [`identity`]: [`Identity`], [`CertRole`], the SAN formats.
 //! - [`certs`]: the cluster CA ([`CertificateAuthority`]), issuing node certificates,
 //!   [`parse_identity`].
+//! - [`authority`]: signing statements with the own certificate key and verifying others'
+//!   against the CA (the root's placement grants).
 //! - [`tls`]: [`Credentials`] and the rustls / quinn configurations built from them.
 //! - [`config`]: [`NetConfig`], [`NetEvent`] and the endpoint's errors.
+//! - [`events`]: [`NetEvents`], the two receive lanes (control before data).
+//! - [`stats`]: [`NetStats`], the endpoint's refusal and close counters.
+//! - [`sweep`]: [`PeerCert`]; live links are re-checked (expired certificates are closed).
 //! - [`endpoint`]: [`NetEndpoint`], which accepts and dials links, sends
 //!   [`canopy_proto::ControlMessage`]s and reports [`NetEvent`]s.
 //! - `link`: one connection's writer and readers: a prioritised control stream and a data
 //!   stream per direction, framed with [`canopy_proto::FrameCodec`].
+//! - `limits`: the per-link receive rates and send byte budget.
+//! - `session`: accepting and dialling connections, identity checks, one inbound session per
+//!   node, running a connection as a link.
 //! - `fault`: the endpoint's UDP socket can be cut off or partitioned from chosen addresses
 //!   ([`NetEndpoint::set_cut`], [`NetEndpoint::set_blocked`]) for crash and partition tests.
 //!
@@ -22,21 +30,40 @@
 //! peer too slow to drain its queue) closes that one link with a logged reason and never
 //! stops the endpoint.
 //!
+//! Every quantity a peer controls is bounded (see [`NetConfig`]): connections, one inbound
+//! session per node, streams per connection, control and multicast frame rates, bytes queued
+//! for it, and its certificate's lifetime. A peer over a bound costs only its own link (closed
+//! with a logged reason and counted in [`NetStats`]); a peer over the multicast rate is read
+//! more slowly instead. Control traffic never queues behind multicast data on receipt.
+//!
 //! This crate depends on no Canopy crate but `canopy-proto`.
 
+pub mod authority;
 pub mod certs;
 pub mod config;
 pub mod endpoint;
+pub mod events;
 mod fault;
 pub mod identity;
+mod limits;
 mod link;
+mod session;
+pub mod stats;
+pub mod sweep;
 pub mod tls;
 
+pub use authority::{Authority, SignatureError};
 pub use certs::{default_validity, parse_identity, CertError, CertificateAuthority, IssuedCert};
-pub use config::{NetConfig, NetError, NetEvent, SendError, EVENT_QUEUE};
+pub use config::{NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE};
 pub use endpoint::NetEndpoint;
+pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
-pub use link::{CLOSE_IDENTITY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_QUEUE_FULL, CONTROL_PRIORITY};
+pub use link::{
+    CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_QUEUE_FULL, CONTROL_PRIORITY,
+    MAX_STREAMS_PER_LINK,
+};
+pub use stats::NetStats;
+pub use sweep::PeerCert;
 pub use tls::{crypto_provider, Credentials};
 
 /// The ALPN protocol id of Canopy links.

@@ -6,6 +6,13 @@
 //! Both carry [`FrameCodec`] frames. The writer prefers control frames and keeps accepting them
 //! while a data frame waits for flow-control credit. Anything a peer sends that does not decode
 //! ends the link with [`CLOSE_PROTOCOL`]; the endpoint keeps serving everyone else.
+//!
+//! The readers enforce the link's receive bounds ([`ReadLimits`]): at most
+//! [`MAX_STREAMS_PER_LINK`] streams, control frames under a rate (over it, the link is closed),
+//! multicast frames under a rate (over it, the reader waits, which pushes back on the peer).
+//! Each message goes to its event lane by its body, whatever stream it came on.
+
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use canopy_proto::{FrameCodec, FrameError};
@@ -16,7 +23,9 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
 use crate::config::NetEvent;
+use crate::events::{is_data, EventSenders};
 use crate::identity::Identity;
+use crate::limits::{ByteBudget, ReadLimits};
 
 /// QUIC application close code: an orderly close (`close_link`, shutdown, cancelled dial).
 pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
@@ -26,15 +35,24 @@ pub const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(1);
 pub const CLOSE_IDENTITY: VarInt = VarInt::from_u32(2);
 /// QUIC application close code: the peer reads too slowly and our send queue overflowed.
 pub const CLOSE_QUEUE_FULL: VarInt = VarInt::from_u32(3);
+/// QUIC application close code: this side is at its connection bound
+/// ([`NetConfig::max_connections`](crate::NetConfig::max_connections)).
+pub const CLOSE_BUSY: VarInt = VarInt::from_u32(4);
 
 /// Send priority of the control stream (the data stream has 0).
 pub const CONTROL_PRIORITY: i32 = 10;
+
+/// Unidirectional streams a peer may open on one connection (control and data); one more
+/// closes the link with [`CLOSE_PROTOCOL`].
+pub const MAX_STREAMS_PER_LINK: usize = 2;
 
 /// The sending half of a link's queues; lives in the endpoint's link table.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkSenders {
     pub control: mpsc::Sender<Bytes>,
     pub data: mpsc::Sender<Bytes>,
+    /// Bytes in both queues, shared with the writer.
+    pub budget: ByteBudget,
 }
 
 /// The receiving half of a link's queues; owned by the link's writer.
@@ -42,55 +60,113 @@ pub(crate) struct LinkSenders {
 pub(crate) struct LinkQueues {
     control: mpsc::Receiver<Bytes>,
     data: mpsc::Receiver<Bytes>,
+    budget: ByteBudget,
 }
 
-/// Bounded queues of encoded frames for one link.
-pub(crate) fn queues(control: usize, data: usize) -> (LinkSenders, LinkQueues) {
+/// Bounded queues of encoded frames for one link: `control` and `data` frames, `max_bytes`
+/// bytes in all.
+pub(crate) fn queues(control: usize, data: usize, max_bytes: usize) -> (LinkSenders, LinkQueues) {
     let (control_tx, control_rx) = mpsc::channel(control);
     let (data_tx, data_rx) = mpsc::channel(data);
+    let budget = ByteBudget::new(max_bytes);
     (
         LinkSenders {
             control: control_tx,
             data: data_tx,
+            budget: budget.clone(),
         },
         LinkQueues {
             control: control_rx,
             data: data_rx,
+            budget,
         },
     )
+}
+
+/// Why this side closed a link, for the endpoint's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// An orderly close, or a local failure that is not the peer's fault.
+    Normal,
+    /// The peer sent something that does not decode.
+    Protocol,
+    /// The peer opened too many streams.
+    Streams,
+    /// The peer sent control frames too fast.
+    ControlRate,
 }
 
 /// How a link ended.
 #[derive(Debug)]
 pub(crate) enum LinkEnd {
-    /// This side decided to close the connection with `code` and `reason`.
-    Local { code: VarInt, reason: String },
+    /// This side closed the connection with `code` and `reason`.
+    Local {
+        code: VarInt,
+        reason: String,
+        cause: Cause,
+    },
     /// The connection is gone (closed by the peer, timed out, lost).
     Gone(String),
 }
 
 impl LinkEnd {
     fn protocol(reason: String) -> Self {
+        Self::closing(CLOSE_PROTOCOL, reason, Cause::Protocol)
+    }
+
+    fn closing(code: VarInt, reason: String, cause: Cause) -> Self {
         LinkEnd::Local {
-            code: CLOSE_PROTOCOL,
+            code,
             reason,
+            cause,
         }
     }
 }
 
 /// Runs a live link until it ends: writes the queues, reads the peer's streams into `events`.
+/// If this side decides to end it, the connection is closed here, before the readers stop
+/// (a reader dropping its stream first would tell the peer only "stopped"). When it returns,
+/// the link's readers have stopped: it emits no further events.
 pub(crate) async fn drive(
     conn: &Connection,
     peer: &Identity,
     queues: LinkQueues,
-    events: &mpsc::Sender<NetEvent>,
-    max_frame_len: usize,
+    events: &EventSenders,
+    limits: Arc<ReadLimits>,
 ) -> LinkEnd {
-    tokio::select! {
+    let mut readers = JoinSet::new();
+    // A stream whose reader failed, kept open until the connection is closed.
+    let mut held = None;
+    let end = tokio::select! {
         end = write_loop(conn, queues) => end,
-        end = read_loop(conn, peer, events, max_frame_len) => end,
+        (end, stream) = read_loop(conn, peer, events, &limits, &mut readers) => {
+            held = stream;
+            end
+        }
         err = conn.closed() => LinkEnd::Gone(describe(&err)),
-    }
+    };
+    let end = match end {
+        LinkEnd::Local {
+            code,
+            reason,
+            cause,
+        } => match conn.close_reason() {
+            // Closed meanwhile (by the endpoint or the peer): that reason is the real one.
+            Some(err) => LinkEnd::Gone(describe(&err)),
+            None => {
+                conn.close(code, reason.as_bytes());
+                LinkEnd::Local {
+                    code,
+                    reason,
+                    cause,
+                }
+            }
+        },
+        gone @ LinkEnd::Gone(_) => gone,
+    };
+    drop(held);
+    readers.shutdown().await;
+    end
 }
 
 async fn write_loop(conn: &Connection, mut queues: LinkQueues) -> LinkEnd {
@@ -109,6 +185,7 @@ async fn write_loop(conn: &Connection, mut queues: LinkQueues) -> LinkEnd {
             biased;
             frame = queues.control.recv() => match frame {
                 Some(frame) => {
+                    queues.budget.release(frame.len());
                     if let Err(e) = control.write_all(&frame).await {
                         return write_failed(e);
                     }
@@ -121,7 +198,10 @@ async fn write_loop(conn: &Connection, mut queues: LinkQueues) -> LinkEnd {
                 Err(e) => return write_failed(e),
             },
             frame = queues.data.recv(), if pending.is_empty() => match frame {
-                Some(frame) => pending = frame,
+                Some(frame) => {
+                    queues.budget.release(frame.len());
+                    pending = frame;
+                }
                 None => return link_removed(),
             },
         }
@@ -130,10 +210,7 @@ async fn write_loop(conn: &Connection, mut queues: LinkQueues) -> LinkEnd {
 
 /// The queue senders were dropped: the endpoint removed this link and closed its connection.
 fn link_removed() -> LinkEnd {
-    LinkEnd::Local {
-        code: CLOSE_NORMAL,
-        reason: "link closed".into(),
-    }
+    LinkEnd::closing(CLOSE_NORMAL, "link closed".into(), Cause::Normal)
 }
 
 fn write_failed(e: WriteError) -> LinkEnd {
@@ -143,56 +220,92 @@ fn write_failed(e: WriteError) -> LinkEnd {
     }
 }
 
+/// How a reader ended the link, with the stream it read if any. The stream must outlive the
+/// connection's close: dropping an unfinished stream sends the peer STOP_SENDING, which would
+/// reach it before (and instead of) our close reason.
+type ReadEnd = (LinkEnd, Option<RecvStream>);
+
+/// Accepts the peer's streams (at most [`MAX_STREAMS_PER_LINK`]) and reads each in a task of
+/// `readers`, until the connection or a reader fails.
 async fn read_loop(
     conn: &Connection,
     peer: &Identity,
-    events: &mpsc::Sender<NetEvent>,
-    max_frame_len: usize,
-) -> LinkEnd {
-    let mut readers = JoinSet::new();
+    events: &EventSenders,
+    limits: &Arc<ReadLimits>,
+    readers: &mut JoinSet<Result<(), ReadEnd>>,
+) -> ReadEnd {
+    let mut accepted = 0usize;
     loop {
         tokio::select! {
-            accepted = conn.accept_uni() => match accepted {
+            stream = conn.accept_uni() => match stream {
                 Ok(stream) => {
-                    readers.spawn(read_stream(stream, peer.clone(), events.clone(), max_frame_len));
+                    accepted += 1;
+                    if accepted > MAX_STREAMS_PER_LINK {
+                        let end = LinkEnd::closing(
+                            CLOSE_PROTOCOL,
+                            "too many streams".into(),
+                            Cause::Streams,
+                        );
+                        return (end, Some(stream));
+                    }
+                    readers.spawn(read_stream(
+                        stream,
+                        peer.clone(),
+                        events.clone(),
+                        limits.clone(),
+                    ));
                 }
-                Err(e) => return LinkEnd::Gone(describe(&e)),
+                Err(e) => return (LinkEnd::Gone(describe(&e)), None),
             },
             Some(done) = readers.join_next() => match done {
                 Ok(Ok(())) => {}
                 Ok(Err(end)) => return end,
-                Err(e) => return LinkEnd::protocol(format!("stream reader failed: {e}")),
+                Err(e) => {
+                    return (LinkEnd::protocol(format!("stream reader failed: {e}")), None)
+                }
             },
         }
     }
 }
 
-/// Reads one of the peer's streams to its end. Dropping the set of readers aborts them.
+/// Reads one of the peer's streams to its end, each message onto its lane under the link's
+/// rate limits. Aborted when the link ends.
 async fn read_stream(
     stream: RecvStream,
     peer: Identity,
-    events: mpsc::Sender<NetEvent>,
-    max_frame_len: usize,
-) -> Result<(), LinkEnd> {
-    let mut frames = FramedRead::new(stream, FrameCodec::new(max_frame_len));
+    events: EventSenders,
+    limits: Arc<ReadLimits>,
+) -> Result<(), ReadEnd> {
+    let mut frames = FramedRead::new(stream, FrameCodec::new(limits.max_frame_len));
     while let Some(frame) = frames.next().await {
-        match frame {
-            Ok(msg) => {
-                let event = NetEvent::Message {
-                    from: peer.clone(),
-                    msg,
-                };
-                if events.send(event).await.is_err() {
-                    // Nobody listens any more; the endpoint is going away.
-                    return Ok(());
-                }
-            }
+        let end = match frame {
+            Ok(msg) => Ok(msg),
             // A reset stream, a truncated last frame, or a lost connection (the endpoint then
             // reports the connection's own close reason instead).
-            Err(FrameError::Io(e)) => {
-                return Err(LinkEnd::protocol(format!("receive stream failed: {e}")))
-            }
-            Err(e) => return Err(LinkEnd::protocol(format!("bad frame: {e}"))),
+            Err(FrameError::Io(e)) => Err(LinkEnd::protocol(format!("receive stream failed: {e}"))),
+            Err(e) => Err(LinkEnd::protocol(format!("bad frame: {e}"))),
+        };
+        let msg = match end {
+            Ok(msg) => msg,
+            Err(end) => return Err((end, Some(frames.into_inner()))),
+        };
+        let event = NetEvent::Message {
+            from: peer.clone(),
+            msg,
+        };
+        if is_data(&event) {
+            limits.admit_data().await;
+        } else if !limits.admit_control() {
+            let end = LinkEnd::closing(
+                CLOSE_PROTOCOL,
+                format!("control message rate over {}/s", limits.control_rate),
+                Cause::ControlRate,
+            );
+            return Err((end, Some(frames.into_inner())));
+        }
+        if events.send(event).await.is_err() {
+            // Nobody listens any more; the endpoint is going away.
+            return Ok(());
         }
     }
     Ok(())

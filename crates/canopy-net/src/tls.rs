@@ -142,7 +142,12 @@ impl Credentials {
         Ok(())
     }
 
-    fn client_verifier(
+    /// The own private key.
+    pub(crate) fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    pub(crate) fn client_verifier(
         &self,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CertError> {
         WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())

@@ -4,13 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use canopy_net::{CertRole, NetConfig, NetEvent, SendError};
+use canopy_net::{CertRole, NetConfig, SendError};
 use canopy_proto::ControlMessage;
 use common::*;
 
 /// Collects messages from `from` until `want` have arrived (in any order across streams).
 async fn collect(
-    rx: &mut tokio::sync::mpsc::Receiver<NetEvent>,
+    rx: &mut canopy_net::NetEvents,
     from: u64,
     want: usize,
 ) -> Vec<(canopy_net::Identity, ControlMessage)> {

@@ -6,16 +6,15 @@
 mod common;
 
 use canopy_net::{
-    CertRole, CertificateAuthority, Credentials, NetConfig, NetEndpoint, NetEvent, CLOSE_PROTOCOL,
+    CertRole, CertificateAuthority, Credentials, NetConfig, NetEndpoint, NetEvents, CLOSE_PROTOCOL,
 };
 use common::*;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
 use time::{Duration, OffsetDateTime};
-use tokio::sync::mpsc::Receiver;
 
 const SERVER: u64 = 100;
 
-fn server() -> (CertificateAuthority, NetEndpoint, Receiver<NetEvent>) {
+fn server() -> (CertificateAuthority, NetEndpoint, NetEvents) {
     init_tracing();
     let ca = ca();
     let (server, rx) = bind(creds(&ca, SERVER, CertRole::Router), NetConfig::default());
@@ -54,6 +53,7 @@ async fn identity_refusal(config: quinn::ClientConfig, server: &NetEndpoint) -> 
         .await
         .expect("TLS accepts the chain");
     let reason = closed_with_code(&conn, canopy_net::CLOSE_IDENTITY).await;
+    assert_eq!(server.stats().refused_identity, 1);
     client.close(0u32.into(), b"");
     reason
 }
@@ -142,11 +142,12 @@ async fn missing_client_certificate_is_refused() {
 async fn bad_bytes_close_the_link(
     ca: &CertificateAuthority,
     server: &NetEndpoint,
-    rx: &mut Receiver<NetEvent>,
+    rx: &mut NetEvents,
     node_id: u64,
     bytes: &[u8],
     expect: &str,
 ) {
+    let closed_before = server.stats().closed_protocol;
     let (client, conn) = raw_valid_connection(ca, server, node_id).await;
     link_up(rx, node_id).await;
     let mut stream = conn.open_uni().await.expect("open");
@@ -155,6 +156,7 @@ async fn bad_bytes_close_the_link(
     assert!(reason.contains(expect), "{reason}");
     let peer_reason = closed_with_code(&conn, CLOSE_PROTOCOL).await;
     assert!(peer_reason.contains(expect), "{peer_reason}");
+    assert_eq!(server.stats().closed_protocol, closed_before + 1);
     client.close(0u32.into(), b"");
 }
 

@@ -13,7 +13,6 @@ use canopy_proto::{Body, ControlMessage};
 use canopy_raft::{ProposeError, RootGroup};
 use canopy_tree::{NodeId, Role, TreeView};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 /// The tree as the committed view describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +143,7 @@ pub enum AdminError {
 /// The operator's end: an admin certificate's endpoint that asks root candidates.
 pub struct AdminClient {
     net: NetEndpoint,
-    events: mpsc::Receiver<NetEvent>,
+    events: canopy_net::NetEvents,
     next_id: u64,
     timeout: Duration,
 }

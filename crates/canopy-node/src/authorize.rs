@@ -2,10 +2,42 @@
 //! message that claims another node's id or a role the certificate lacks is refused.
 
 use canopy_net::{CertRole, Identity};
+use canopy_proto::prost::Message;
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::Role;
 
+use crate::limits::{max_encoded_len, MAX_ADDRESS_LEN};
 use crate::tree_role;
+
+/// A joiner names its own region (the one its certificate carries) and an address the tree
+/// can dial: an IP and port, no host name to resolve, nothing unspecified.
+fn check_join_fields(from: &Identity, region: &str, address: &str) -> Result<(), Refusal> {
+    let bad = |field, reason: String| Refusal::BadField {
+        kind: "join_request",
+        field,
+        reason,
+    };
+    if region != from.region {
+        let shown: String = region.chars().take(64).collect();
+        return Err(bad(
+            "region",
+            format!("{shown:?} is not the certificate's {:?}", from.region),
+        ));
+    }
+    if address.len() > MAX_ADDRESS_LEN {
+        return Err(bad(
+            "address",
+            format!("of {} bytes, more than {MAX_ADDRESS_LEN}", address.len()),
+        ));
+    }
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| bad("address", format!("{address:?} is not an ip:port")))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(bad("address", format!("{address} cannot be dialled")));
+    }
+    Ok(())
+}
 
 /// Why a message was refused; the link it came on is closed with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +61,18 @@ pub enum Refusal {
         actual: &'static str,
         node: u64,
     },
+    #[error("{kind} of {len} bytes, more than the {max} this message type may have")]
+    TooLarge {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{kind}: {field} {reason}")]
+    BadField {
+        kind: &'static str,
+        field: &'static str,
+        reason: String,
+    },
     #[error("empty message")]
     Empty,
 }
@@ -41,10 +85,15 @@ fn is_routing(role: CertRole) -> bool {
     matches!(role, CertRole::RootCandidate | CertRole::Router)
 }
 
-/// Checks that `from` (as its certificate says) may send `msg`.
-pub fn authorize(from: &Identity, msg: &ControlMessage) -> Result<(), Refusal> {
+/// Checks that `from` (as its certificate says) may send `msg`, and that the message is
+/// within the size bounds of its type (`max_frame` is the link's frame limit).
+pub fn authorize(from: &Identity, msg: &ControlMessage, max_frame: usize) -> Result<(), Refusal> {
     let kind = msg.kind();
     let body = msg.body.as_ref().ok_or(Refusal::Empty)?;
+    let (len, max) = (msg.encoded_len(), max_encoded_len(msg, max_frame));
+    if len > max {
+        return Err(Refusal::TooLarge { kind, len, max });
+    }
     let role = from.role;
     let may = |allowed: bool| {
         if allowed {
@@ -94,7 +143,8 @@ pub fn authorize(from: &Identity, msg: &ControlMessage) -> Result<(), Refusal> {
         }
         Body::JoinRequest(m) => {
             same_node(m.node_id)?;
-            same_role(m.role)
+            same_role(m.role)?;
+            check_join_fields(from, &m.region, &m.address)
         }
         Body::Reattach(m) => {
             same_node(m.node_id)?;
@@ -113,6 +163,17 @@ pub fn authorize(from: &Identity, msg: &ControlMessage) -> Result<(), Refusal> {
         Body::Heartbeat(m) => same_node(m.sender_id),
         Body::Disconnect(m) => same_node(m.sender_id),
         Body::InterestSnapshot(_) => Ok(()),
-        Body::Multicast(m) => same_node(m.last_hop),
+        Body::Multicast(m) => {
+            same_node(m.last_hop)?;
+            // A client has no subtree: whatever it sends, it originates.
+            if role == CertRole::Client && m.origin != from.node_id {
+                return Err(Refusal::WrongNode {
+                    kind,
+                    claimed: m.origin,
+                    actual: from.node_id,
+                });
+            }
+            Ok(())
+        }
     }
 }

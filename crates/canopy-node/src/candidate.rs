@@ -20,6 +20,9 @@ use crate::runtime::Runtime;
 
 /// Largest number of changes committed as one Raft entry.
 const MAX_BATCH: usize = 512;
+/// Largest encoded size of the changes committed as one Raft entry: well under the group's
+/// limit, which one entry must not exceed.
+const BATCH_BYTES: usize = canopy_raft::MAX_BATCH_BYTES / 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reign {
@@ -186,19 +189,35 @@ impl Candidate {
     }
 }
 
-/// Commits queued changes in order, as many per Raft entry as are waiting.
+/// Commits queued changes in order, as many per Raft entry as are waiting and fit one entry
+/// (by count and by encoded size, so no batch is ever refused for its size).
 async fn run_proposer(
     reign: u64,
     group: RootGroup,
     mut queue: mpsc::UnboundedReceiver<(u64, ViewChange)>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
-    while let Some((first_seq, first)) = queue.recv().await {
+    let mut carried: Option<(u64, ViewChange)> = None;
+    loop {
+        let (first_seq, first) = match carried.take() {
+            Some(next) => next,
+            None => match queue.recv().await {
+                Some(next) => next,
+                None => return,
+            },
+        };
         let mut up_to = first_seq;
+        let mut bytes = encoded_len(&first);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok((seq, change)) => {
+                    let len = encoded_len(&change);
+                    if bytes + len > BATCH_BYTES {
+                        carried = Some((seq, change));
+                        break;
+                    }
+                    bytes += len;
                     up_to = seq;
                     batch.push(change);
                 }
@@ -218,6 +237,11 @@ async fn run_proposer(
             return;
         }
     }
+}
+
+/// A change's size in a Raft entry (plus a separator).
+fn encoded_len(change: &ViewChange) -> usize {
+    serde_json::to_vec(change).map_or(usize::MAX / 2, |v| v.len() + 1)
 }
 
 impl Runtime {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use canopy_tree::TreeConfig;
+
+use crate::limits::PeerLimits;
 use serde::{Deserialize, Serialize};
 
 /// A configuration that could not be used.
@@ -50,6 +52,9 @@ pub struct NodeConfig {
     /// Raft settings (root candidates only).
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Per-peer rate bounds.
+    #[serde(default)]
+    pub limits: PeerLimits,
 }
 
 /// Which timer defaults a root group uses.
@@ -246,6 +251,14 @@ impl NodeConfig {
                 key,
                 message,
             })?;
+        config
+            .limits
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            })?;
         if config.root_candidates.is_empty() {
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),
@@ -273,6 +286,7 @@ impl NodeConfig {
             max_clients: self.tree.max_clients,
             imbalance_bound: self.tree.imbalance_bound,
             filter_fp_rate: self.tree.filter_fp_rate,
+            limits: self.limits.tree_limits(),
         };
         tree.validate().map_err(|e| {
             use canopy_tree::ConfigError as E;
@@ -301,6 +315,11 @@ fn config_key(setting: &str) -> &'static str {
         "max_child_routers" => "tree.max_child_routers",
         "max_clients" => "tree.max_clients",
         "imbalance_bound" => "tree.imbalance_bound",
+        "placement_max_age" => "limits.placement_max_age_ms",
+        "max_tags_per_client_link" => "limits.max_tags_per_client_link",
+        "max_tags_per_router_link" => "limits.max_tags_per_router_link",
+        "max_tags_per_delta" => "limits.max_tags_per_delta",
+        "max_subtree_nodes" => "limits.max_subtree_nodes",
         _ => "timers",
     }
 }

@@ -12,6 +12,8 @@ pub mod admin;
 mod authorize;
 mod candidate;
 mod config;
+mod grants;
+pub mod limits;
 pub mod local;
 mod runtime;
 mod tags;

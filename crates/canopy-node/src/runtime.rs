@@ -1,15 +1,17 @@
 //! The task that owns one tree node: it feeds network events, timers and application
 //! commands into the state machine and carries out what comes back.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use canopy_net::{NetEndpoint, NetEvent, SendError};
+use canopy_net::{Identity, NetEndpoint, NetEvent, SendError};
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::{
-    ChildInfo, Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, TreeConfig, TreeEvent,
+    ChildInfo, DropReason, Input, KeyTag, Node, NodeId, Output, RemovalReason, Role, RootCandidate,
+    TreeConfig, TreeEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -17,6 +19,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::candidate::{Candidate, CandidateChannels};
+use crate::grants;
+use crate::limits::{PeerLimits, RateKind, RateLimiter};
 use crate::{authorize, tree_role};
 
 /// Deliveries waiting for the application before new ones are dropped (and counted).
@@ -41,8 +45,19 @@ pub struct NodeCounters {
     pub multicast_sent: u64,
     pub multicast_received: u64,
     pub delivered: u64,
-    /// Messages refused because the sender's certificate does not allow them.
+    /// Messages refused because the sender's certificate does not allow them, or because
+    /// they break a size or field bound (the sender's link is closed).
     pub refused: u64,
+    /// Links closed because the peer went over a rate bound.
+    pub rate_limited: u64,
+    /// Placements refused because their grant is missing, forged or not the root's.
+    pub grants_refused: u64,
+    /// Children dropped for going over a tree bound (tags, subtree size).
+    pub over_limit: u64,
+    /// Messages the tree ignored (from a non-neighbour, stale, unauthorized, malformed).
+    pub dropped: u64,
+    /// Links given up because a parent or child was not heard from in time.
+    pub heartbeat_timeouts: u64,
     /// Deliveries dropped because the application did not keep up.
     pub deliveries_dropped: u64,
     /// Sends that failed (slow peer, no address).
@@ -84,6 +99,8 @@ pub enum SpawnError {
     AdminCertificate(&'static str),
     #[error("invalid tree settings: {0}")]
     Config(#[from] canopy_tree::ConfigError),
+    #[error("invalid limits: {key}: {message}")]
+    Limits { key: &'static str, message: String },
     #[error("only a root-candidate certificate can run a root candidate (this one is {0})")]
     NotACandidate(&'static str),
 }
@@ -158,6 +175,11 @@ impl NodeHandle {
         self.net.set_blocked(addrs);
     }
 
+    /// The transport's counters (refusals and closes by reason, live connections).
+    pub fn net_stats(&self) -> canopy_net::NetStats {
+        self.net.stats()
+    }
+
     /// The Raft group of a root candidate.
     pub fn group(&self) -> Option<&canopy_raft::RootGroup> {
         self.group.as_ref()
@@ -211,42 +233,58 @@ impl NodeHandle {
 /// candidate started this way serves alone as root (no Raft); see [`spawn_candidate`].
 pub fn spawn_node(
     net: NetEndpoint,
-    events: mpsc::Receiver<NetEvent>,
+    events: canopy_net::NetEvents,
     tree: TreeConfig,
     roots: Vec<RootCandidate>,
     seed: u64,
     subscribe: Vec<KeyTag>,
+    limits: PeerLimits,
 ) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
-    spawn(net, events, tree, roots, seed, subscribe, None)
+    spawn(net, events, tree, roots, seed, subscribe, None, limits)
 }
 
 /// Starts a root candidate that serves as root while it leads `group`, committing every
 /// structural decision through Raft before acting on it.
 pub fn spawn_candidate(
     net: NetEndpoint,
-    events: mpsc::Receiver<NetEvent>,
+    events: canopy_net::NetEvents,
     tree: TreeConfig,
     roots: Vec<RootCandidate>,
     seed: u64,
     group: canopy_raft::RootGroup,
+    limits: PeerLimits,
 ) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
     let role = net.identity().role;
     if role != canopy_net::CertRole::RootCandidate {
         return Err(SpawnError::NotACandidate(role.as_str()));
     }
-    spawn(net, events, tree, roots, seed, Vec::new(), Some(group))
+    spawn(
+        net,
+        events,
+        tree,
+        roots,
+        seed,
+        Vec::new(),
+        Some(group),
+        limits,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     net: NetEndpoint,
-    events: mpsc::Receiver<NetEvent>,
+    events: canopy_net::NetEvents,
     tree: TreeConfig,
     roots: Vec<RootCandidate>,
     seed: u64,
     subscribe: Vec<KeyTag>,
     group: Option<canopy_raft::RootGroup>,
+    limits: PeerLimits,
 ) -> Result<(NodeHandle, mpsc::Receiver<Delivery>), SpawnError> {
     tree.validate()?;
+    limits
+        .validate()
+        .map_err(|(key, message)| SpawnError::Limits { key, message })?;
     let identity = net.identity().clone();
     let role =
         tree_role(identity.role).ok_or(SpawnError::AdminCertificate(identity.role.as_str()))?;
@@ -286,6 +324,9 @@ fn spawn(
         deliveries,
         outputs,
         candidate,
+        limits,
+        rates: RateLimiter::default(),
+        closing: HashSet::new(),
     };
     let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
@@ -316,6 +357,10 @@ pub(crate) struct Runtime {
     deliveries: mpsc::Sender<Delivery>,
     outputs: Vec<Output>,
     pub(crate) candidate: Option<Candidate>,
+    limits: PeerLimits,
+    rates: RateLimiter,
+    /// Peers whose link this node is closing for a refusal, until the link is gone.
+    closing: HashSet<NodeId>,
 }
 
 impl Runtime {
@@ -335,7 +380,7 @@ impl Runtime {
 
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<NetEvent>,
+        mut events: canopy_net::NetEvents,
         mut commands: mpsc::Receiver<Command>,
         mut channels: Option<CandidateChannels>,
     ) {
@@ -387,10 +432,14 @@ impl Runtime {
                 } else {
                     self.counters.control_received += 1;
                 }
-                if let Err(refusal) = authorize(&from, &msg) {
+                if self.closing.contains(&from.node_id) {
+                    // Already refused: what was in flight behind the refusal is not looked at.
+                    return;
+                }
+                if let Err(refusal) = self.admit(&from, &msg) {
+                    self.closing.insert(from.node_id);
                     warn!(node = self.node.id(), peer = from.node_id, %refusal, "refusing peer");
-                    self.counters.refused += 1;
-                    self.net.close_link(from.node_id, &refusal.to_string());
+                    self.net.close_link(from.node_id, &refusal);
                     self.handle(Input::LinkClosed { peer: from.node_id });
                     return;
                 }
@@ -404,6 +453,8 @@ impl Runtime {
                 });
             }
             NetEvent::LinkUp { peer } => {
+                // A new session: whatever the old one did, this one is looked at afresh.
+                self.closing.remove(&peer.node_id);
                 debug!(
                     node = self.node.id(),
                     peer = peer.node_id,
@@ -413,11 +464,63 @@ impl Runtime {
             }
             NetEvent::LinkClosed { peer, reason } => {
                 debug!(node = self.node.id(), peer, %reason, "link closed");
+                self.closing.remove(&peer);
                 if let Some(candidate) = &self.candidate {
                     candidate.on_link_closed(peer);
                 }
                 self.handle(Input::LinkClosed { peer });
             }
+        }
+    }
+
+    /// Checks a peer's message against its certificate and the bounds before the tree sees
+    /// it; the error is the reason its link is closed.
+    fn admit(&mut self, from: &Identity, msg: &ControlMessage) -> Result<(), String> {
+        if let Err(refusal) = authorize(from, msg, self.net.max_frame_len()) {
+            self.counters.refused += 1;
+            return Err(refusal.to_string());
+        }
+        if let Some(kind) = RateKind::of(msg) {
+            let admitted = self
+                .rates
+                .admit(&self.limits, from.node_id, kind, Instant::now());
+            if let Err(reason) = admitted {
+                self.counters.rate_limited += 1;
+                return Err(reason);
+            }
+        }
+        if let Err(reason) = self.check_join_address(from, msg) {
+            self.counters.refused += 1;
+            return Err(reason);
+        }
+        if let Err(reason) = grants::check(self.net.authority(), self.net.identity(), msg) {
+            self.counters.grants_refused += 1;
+            return Err(reason);
+        }
+        Ok(())
+    }
+
+    /// A joiner's address must be on the host its connection comes from.
+    fn check_join_address(&self, from: &Identity, msg: &ControlMessage) -> Result<(), String> {
+        let Some(Body::JoinRequest(join)) = &msg.body else {
+            return Ok(());
+        };
+        if !self.limits.check_join_address_ip {
+            return Ok(());
+        }
+        let (Ok(claimed), Some(remote)) = (
+            join.address.parse::<SocketAddr>(),
+            self.net.remote_addr(from.node_id),
+        ) else {
+            return Ok(());
+        };
+        if claimed.ip() == remote.ip() {
+            Ok(())
+        } else {
+            Err(format!(
+                "join_request: address {claimed} is not on the host the request came from ({})",
+                remote.ip()
+            ))
         }
     }
 
@@ -454,7 +557,18 @@ impl Runtime {
 
     fn apply(&mut self, output: Output) {
         match output {
-            Output::Send { to, msg } => self.send(to, msg),
+            Output::Send { to, mut msg } => {
+                if self.node.is_serving_root() {
+                    grants::sign(self.net.authority(), &mut msg);
+                }
+                self.send(to, msg)
+            }
+            Output::CloseLink { peer, reason } => {
+                warn!(node = self.node.id(), peer, %reason, "closing the link of a peer over a bound");
+                self.counters.over_limit += 1;
+                self.closing.insert(peer);
+                self.net.close_link(peer, &reason);
+            }
             Output::WakeAt(at) => {
                 let at = self.start + at.saturating_sub(self.start_wall);
                 if self.wake.is_none_or(|w| at < w) {
@@ -480,8 +594,17 @@ impl Runtime {
                 }
             }
             Output::Event(event) => {
-                if let TreeEvent::ActionsReleased { count } = event {
-                    self.counters.root_actions_released += count as u64;
+                match event {
+                    TreeEvent::ActionsReleased { count } => {
+                        self.counters.root_actions_released += count as u64;
+                    }
+                    TreeEvent::Dropped { .. } => self.counters.dropped += 1,
+                    TreeEvent::ParentTimedOut { .. }
+                    | TreeEvent::ChildRemoved {
+                        reason: RemovalReason::Timeout,
+                        ..
+                    } => self.counters.heartbeat_timeouts += 1,
+                    _ => {}
                 }
                 log_event(self.node.id(), &event);
             }
@@ -530,6 +653,11 @@ fn log_event(node: NodeId, event: &TreeEvent) {
         }
         TreeEvent::Orphaned { previous } => info!(node, previous, "parent lost; rejoining"),
         TreeEvent::ChildRemoved { child, reason } => info!(node, child, ?reason, "child removed"),
+        TreeEvent::Dropped {
+            from,
+            kind,
+            reason: reason @ DropReason::Unauthorized,
+        } => warn!(node, from, kind, ?reason, "unauthorized order ignored"),
         TreeEvent::Dropped { from, kind, reason } => {
             debug!(node, from, kind, ?reason, "message ignored")
         }

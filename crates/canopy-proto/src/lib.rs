@@ -14,6 +14,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/canopy.v1.rs"));
 }
 
+pub use prost;
 pub use v1::control_message::Body;
 pub use v1::ControlMessage;
 

@@ -5,7 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use canopy_proto::v1::{
     admin_request, disconnect, raft_request, AdminRequest, AdminResponse, AdoptChild, AssignParent,
     CandidateChange, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta, InterestSnapshot,
-    JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach, Role, SubtreeSize,
+    JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach, Role, SignedPlacement,
+    SubtreeSize,
 };
 use canopy_proto::{Body, ControlMessage, FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
 use proptest::prelude::*;
@@ -58,6 +59,11 @@ fn every_variant() -> Vec<ControlMessage> {
             parent_address: "10.0.0.3:4433".into(),
             assignment_id: 77,
             topology_epoch: 4,
+            grant: Some(SignedPlacement {
+                placement: Bytes::from_static(b"\x08\x09\x10\x03"),
+                signature: Bytes::from_static(&[7; 64]),
+                signer_certificate: Bytes::from_static(&[0x30, 0x82, 0x01, 0x00]),
+            }),
         }),
         Body::AdoptChild(AdoptChild {
             child_id: 9,
@@ -65,6 +71,7 @@ fn every_variant() -> Vec<ControlMessage> {
             region: "us-east".into(),
             address: "10.0.0.9:4433".into(),
             assignment_id: 78,
+            grant: None,
         }),
         Body::Reattach(Reattach {
             node_id: 9,

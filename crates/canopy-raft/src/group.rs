@@ -3,7 +3,7 @@
 mod membership;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     runtime: tokio::runtime::Handle,
     shut_down: AtomicBool,
+    /// Raft requests refused: from a non-member, or claiming another node's leadership.
+    refused: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -157,6 +159,7 @@ impl RootGroup {
                 stop,
                 runtime,
                 shut_down: AtomicBool::new(false),
+                refused: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -221,10 +224,23 @@ impl RootGroup {
                 if self.inner.shut_down.load(Ordering::SeqCst) {
                     return true;
                 }
+                if let Err(reason) = self.check_member(from) {
+                    self.refuse(from, &reason);
+                    return true;
+                }
                 let raft = self.inner.raft.clone();
                 let rpc = self.inner.rpc.clone();
+                let refused = self.inner.refused.clone();
                 self.inner.runtime.spawn(async move {
-                    let response = service::handle(&raft, from, request).await;
+                    let response = match service::handle(&raft, from, request).await {
+                        Ok(response) => response,
+                        Err(impostor) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            warn!(peer = from, reason = %impostor, "refusing a raft request");
+                            rpc.net().close_link(from, &impostor);
+                            return;
+                        }
+                    };
                     let msg = ControlMessage::new(Body::RaftResponse(response));
                     if let Err(e) = rpc.net().send(from, None, msg) {
                         debug!(peer = from, error = %e, "cannot answer a raft request");
@@ -238,6 +254,34 @@ impl RootGroup {
             }
             _ => false,
         }
+    }
+
+    /// Only the group's members (voters and learners) speak Raft to it. A candidate whose
+    /// membership is not known yet (a new learner before its first AppendEntries) hears any
+    /// root-candidate certificate; the transport has already checked that role.
+    fn check_member(&self, from: CandidateId) -> Result<(), String> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        if membership.nodes().next().is_none() || membership.get_node(&from).is_some() {
+            Ok(())
+        } else {
+            Err(format!(
+                "raft request from candidate {from}, which is not a member of the group"
+            ))
+        }
+    }
+
+    fn refuse(&self, from: CandidateId, reason: &str) {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        warn!(peer = from, %reason, "refusing a raft request");
+        self.inner.rpc.net().close_link(from, reason);
+    }
+
+    /// Raft requests refused so far (from non-members, or claiming to come from another
+    /// candidate than the certificate names).
+    pub fn refused_requests(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// The transport closed its link to `peer`: fails that peer's outstanding RPCs at once.

@@ -4,7 +4,7 @@
 use canopy_proto::v1::raft_request::Kind;
 use canopy_proto::v1::{RaftRequest, RaftResponse};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::Raft;
+use openraft::{Raft, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,27 +18,51 @@ fn encode<T: Serialize>(answer: &T) -> Result<Vec<u8>, String> {
     serde_json::to_vec(answer).map_err(|e| format!("cannot encode the answer: {e}"))
 }
 
-/// Handles one request from `from` and returns the response to send back.
+/// A request that claims to come from another candidate than the one whose certificate
+/// sent it: the leader of an AppendEntries or InstallSnapshot, the candidate of a Vote.
+fn impostor(kind: &str, vote: &Vote<CandidateId>, from: CandidateId) -> Option<String> {
+    let claimed = vote.leader_id().voted_for();
+    (claimed != Some(from))
+        .then(|| format!("{kind} from candidate {from} claims to come from candidate {claimed:?}"))
+}
+
+/// Handles one request from `from` and returns the response to send back, or `Err` with the
+/// reason if the request speaks for another candidate than `from` (its link is then closed).
 pub(crate) async fn handle(
     raft: &Raft<TypeConfig>,
     from: CandidateId,
     request: RaftRequest,
-) -> RaftResponse {
+) -> Result<RaftResponse, String> {
     let body = &request.body;
     let answer = match Kind::try_from(request.kind) {
         Ok(Kind::AppendEntries) => {
             match decode::<AppendEntriesRequest<TypeConfig>>(body, "append_entries") {
-                Ok(rpc) => encode(&raft.append_entries(rpc).await),
+                Ok(rpc) => {
+                    if let Some(e) = impostor("append_entries", &rpc.vote, from) {
+                        return Err(e);
+                    }
+                    encode(&raft.append_entries(rpc).await)
+                }
                 Err(e) => Err(e),
             }
         }
         Ok(Kind::Vote) => match decode::<VoteRequest<CandidateId>>(body, "vote") {
-            Ok(rpc) => encode(&raft.vote(rpc).await),
+            Ok(rpc) => {
+                if let Some(e) = impostor("vote", &rpc.vote, from) {
+                    return Err(e);
+                }
+                encode(&raft.vote(rpc).await)
+            }
             Err(e) => Err(e),
         },
         Ok(Kind::InstallSnapshot) => {
             match decode::<InstallSnapshotRequest<TypeConfig>>(body, "install_snapshot") {
-                Ok(rpc) => encode(&raft.install_snapshot(rpc).await),
+                Ok(rpc) => {
+                    if let Some(e) = impostor("install_snapshot", &rpc.vote, from) {
+                        return Err(e);
+                    }
+                    encode(&raft.install_snapshot(rpc).await)
+                }
                 Err(e) => Err(e),
             }
         }
@@ -46,7 +70,7 @@ pub(crate) async fn handle(
             Err(format!("unknown raft request kind {}", request.kind))
         }
     };
-    match answer {
+    Ok(match answer {
         Ok(body) => RaftResponse {
             request_id: request.request_id,
             body: body.into(),
@@ -60,5 +84,5 @@ pub(crate) async fn handle(
                 error,
             }
         }
-    }
+    })
 }

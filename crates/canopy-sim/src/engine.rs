@@ -343,6 +343,12 @@ impl Sim {
             Output::Event(_) => {}
             // The simulated root is not replicated: its decisions commit as it makes them.
             Output::Propose { .. } => {}
+            // The node already forgot the peer and sent it a Disconnect; a simulated link has
+            // nothing more to close, the peer sees the link end.
+            Output::CloseLink { peer, .. } => {
+                let at = self.now + self.link_latency(from, peer);
+                self.schedule(at, Event::Input(peer, Input::LinkClosed { peer: from }));
+            }
         }
     }
 }

@@ -30,6 +30,38 @@ pub struct TreeConfig {
     pub imbalance_bound: u32,
     /// False-positive rate of per-link interest filters.
     pub filter_fp_rate: f64,
+    /// Bounds on what one peer can make this node accept or hold.
+    pub limits: TreeLimits,
+}
+
+/// Bounds on the quantities a peer controls. A child over a bound loses its link (the node
+/// sends it a `Disconnect` and asks the driver to close the link); nobody else notices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeLimits {
+    /// A placement grant older than this (by the receiver's clock) is refused, so a grant
+    /// recorded earlier cannot be replayed to move a node. Also the tolerated clock skew.
+    pub placement_max_age: Duration,
+    /// Most distinct key tags one client link may advertise.
+    pub max_tags_per_client_link: usize,
+    /// Most distinct key tags one router link may advertise (its whole subtree's interest).
+    pub max_tags_per_router_link: usize,
+    /// Most tags one interest delta carries; larger changes go up in several heartbeats.
+    pub max_tags_per_delta: usize,
+    /// Largest subtree (clients plus routers) a child may report.
+    pub max_subtree_nodes: u64,
+}
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        TreeLimits {
+            placement_max_age: Duration::from_secs(60),
+            max_tags_per_client_link: 16_384,
+            // A Reattach snapshot must fit one 1 MiB frame: 8 bytes a tag plus framing.
+            max_tags_per_router_link: 120_000,
+            max_tags_per_delta: 16_384,
+            max_subtree_nodes: 100_000_000,
+        }
+    }
 }
 
 impl Default for TreeConfig {
@@ -47,6 +79,7 @@ impl Default for TreeConfig {
             max_clients: 64,
             imbalance_bound: 2,
             filter_fp_rate: 0.001,
+            limits: TreeLimits::default(),
         }
     }
 }
@@ -104,6 +137,22 @@ impl TreeConfig {
         }
         if !(self.filter_fp_rate > 0.0 && self.filter_fp_rate <= 0.5) {
             return Err(ConfigError::BadFpRate);
+        }
+        let l = &self.limits;
+        if l.placement_max_age.is_zero() {
+            return Err(ConfigError::ZeroTimer("placement_max_age"));
+        }
+        for (name, value) in [
+            ("max_tags_per_client_link", l.max_tags_per_client_link),
+            ("max_tags_per_router_link", l.max_tags_per_router_link),
+            ("max_tags_per_delta", l.max_tags_per_delta),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        if l.max_subtree_nodes == 0 {
+            return Err(ConfigError::ZeroLimit("max_subtree_nodes"));
         }
         Ok(())
     }

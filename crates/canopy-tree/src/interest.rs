@@ -152,10 +152,15 @@ impl InterestTable {
 
     /// Takes the changes since the last delta or snapshot.
     pub fn take_delta(&mut self) -> InterestDelta {
-        let mut add: Vec<KeyTag> = self.pending_add.drain().collect();
-        let mut remove: Vec<KeyTag> = self.pending_remove.drain().collect();
-        add.sort_unstable();
-        remove.sort_unstable();
+        self.take_delta_limited(usize::MAX)
+    }
+
+    /// Takes at most `max_tags` of the pending changes (removals first, lowest tags first);
+    /// the rest stay pending for the next delta, so a change too large for one frame goes up
+    /// in pieces and nothing is lost.
+    pub fn take_delta_limited(&mut self, max_tags: usize) -> InterestDelta {
+        let remove = take_sorted(&mut self.pending_remove, max_tags);
+        let add = take_sorted(&mut self.pending_add, max_tags - remove.len());
         InterestDelta { add, remove }
     }
 
@@ -168,6 +173,16 @@ impl InterestTable {
         tags.sort_unstable();
         tags
     }
+}
+
+/// Removes and returns the `max` lowest tags of `set`.
+fn take_sorted(set: &mut TagSet, max: usize) -> Vec<KeyTag> {
+    let mut tags: Vec<KeyTag> = set.drain().collect();
+    tags.sort_unstable();
+    if tags.len() > max {
+        set.extend(tags.drain(max..));
+    }
+    tags
 }
 
 /// What a parent knows of one child link's interest: the exact set (to withdraw it when
@@ -192,6 +207,11 @@ impl LinkInterest {
 
     pub(crate) fn contains_exactly(&self, tag: KeyTag) -> bool {
         self.tags.contains(&tag)
+    }
+
+    /// Number of distinct tags the link advertised.
+    pub(crate) fn len(&self) -> usize {
+        self.tags.len()
     }
 
     /// Applies a delta from the child, updating the node's aggregate counts.
@@ -267,6 +287,26 @@ mod tests {
         );
         assert_eq!(table.take_delta().remove, vec![7]);
         assert!(!table.subtree_wants(7));
+    }
+
+    #[test]
+    fn limited_deltas_carry_every_change_in_pieces() {
+        let mut table = InterestTable::default();
+        for tag in 1..=10 {
+            table.subscribe(tag);
+        }
+        table.take_delta();
+        for tag in 1..=3 {
+            table.unsubscribe(tag);
+        }
+        for tag in 11..=15 {
+            table.subscribe(tag);
+        }
+        let first = table.take_delta_limited(4);
+        assert_eq!((first.remove, first.add), (vec![1, 2, 3], vec![11]));
+        let second = table.take_delta_limited(4);
+        assert_eq!((second.remove, second.add), (vec![], vec![12, 13, 14, 15]));
+        assert!(!table.has_pending());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum Output {
     /// [`Input::Committed`]; the actions that depend on it are held until then. Sequence
     /// numbers rise by one per proposal and must be committed in order.
     Propose { seq: u64, change: ViewChange },
+    /// The peer went over a bound (see [`crate::TreeLimits`]): the node has already forgotten
+    /// it and told it why; the driver closes the link and counts the reason.
+    CloseLink { peer: NodeId, reason: String },
 }
 
 /// Why a child stopped being a child.
@@ -66,6 +69,8 @@ pub enum RemovalReason {
     LinkClosed,
     /// The root adopted it elsewhere.
     Reassigned,
+    /// It went over a bound (see [`crate::TreeLimits`]); its link is closed.
+    OverLimit,
 }
 
 /// Why a message was ignored.
@@ -79,6 +84,9 @@ pub enum DropReason {
     Malformed,
     /// An assignment older than one already obeyed.
     StaleAssignment,
+    /// A placement without a matching, fresh grant from a root candidate, or a structural
+    /// order from a node that may not give it.
+    Unauthorized,
 }
 
 /// State changes, for logs, metrics and tests.
@@ -93,6 +101,8 @@ pub enum TreeEvent {
     },
     /// The parent went silent or left; the node rejoins through the root.
     Orphaned { previous: NodeId },
+    /// The parent was not heard from within the parent timeout (an `Orphaned` follows).
+    ParentTimedOut { previous: NodeId },
     /// A child was adopted on the root's instruction.
     ChildAdopted { child: NodeId },
     /// A child is gone.

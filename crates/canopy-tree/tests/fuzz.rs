@@ -15,6 +15,18 @@ const ME: NodeId = 7;
 const ROOT: NodeId = 1;
 const PEERS: [NodeId; 6] = [ROOT, 2, 3, 7, 8, 9];
 
+/// The root's grant for a placement, issued at time zero (fresh for the whole run).
+fn grant(child: NodeId, parent: NodeId, assignment_id: u64) -> v1::SignedPlacement {
+    canopy_tree::placement_grant(
+        ROOT,
+        child,
+        parent,
+        String::new(),
+        assignment_id,
+        Duration::ZERO,
+    )
+}
+
 fn peer() -> impl Strategy<Value = NodeId> {
     prop::sample::select(&PEERS[..])
 }
@@ -60,6 +72,7 @@ fn body() -> impl Strategy<Value = Body> {
                     parent_address: String::new(),
                     assignment_id,
                     topology_epoch: epoch,
+                    grant: Some(grant(child_id, parent_id, assignment_id)),
                 })
             }
         ),
@@ -70,6 +83,7 @@ fn body() -> impl Strategy<Value = Body> {
                 region: String::new(),
                 address: String::new(),
                 assignment_id,
+                grant: Some(grant(child_id, ME, assignment_id)),
             })
         }),
         (peer(), role(), 0u64..6, subtree(), tags()).prop_map(
@@ -227,6 +241,7 @@ fn run(role: Role, attach: bool, steps: Vec<Step>) -> Result<(), TestCaseError> 
             parent_address: String::new(),
             assignment_id: 1,
             topology_epoch: 1,
+            grant: Some(grant(ME, 2, 1)),
         });
         let msg = ControlMessage::new(assign);
         let out = node.handle(Input::Message { from: 2, msg }, now);

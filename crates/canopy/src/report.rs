@@ -97,19 +97,22 @@ pub fn message_table(
 /// Counters gained since `before`.
 pub fn diff(now: &NodeCounters, before: Option<&NodeCounters>) -> NodeCounters {
     let b = before.copied().unwrap_or_default();
+    let d = |now: u64, before: u64| now.saturating_sub(before);
     NodeCounters {
-        control_sent: now.control_sent - b.control_sent.min(now.control_sent),
-        control_received: now.control_received - b.control_received.min(now.control_received),
-        multicast_sent: now.multicast_sent - b.multicast_sent.min(now.multicast_sent),
-        multicast_received: now.multicast_received
-            - b.multicast_received.min(now.multicast_received),
-        delivered: now.delivered - b.delivered.min(now.delivered),
-        refused: now.refused - b.refused.min(now.refused),
-        deliveries_dropped: now.deliveries_dropped
-            - b.deliveries_dropped.min(now.deliveries_dropped),
-        send_failures: now.send_failures - b.send_failures.min(now.send_failures),
-        proposals: now.proposals - b.proposals.min(now.proposals),
-        root_actions_released: now.root_actions_released
-            - b.root_actions_released.min(now.root_actions_released),
+        control_sent: d(now.control_sent, b.control_sent),
+        control_received: d(now.control_received, b.control_received),
+        multicast_sent: d(now.multicast_sent, b.multicast_sent),
+        multicast_received: d(now.multicast_received, b.multicast_received),
+        delivered: d(now.delivered, b.delivered),
+        refused: d(now.refused, b.refused),
+        rate_limited: d(now.rate_limited, b.rate_limited),
+        grants_refused: d(now.grants_refused, b.grants_refused),
+        over_limit: d(now.over_limit, b.over_limit),
+        dropped: d(now.dropped, b.dropped),
+        heartbeat_timeouts: d(now.heartbeat_timeouts, b.heartbeat_timeouts),
+        deliveries_dropped: d(now.deliveries_dropped, b.deliveries_dropped),
+        send_failures: d(now.send_failures, b.send_failures),
+        proposals: d(now.proposals, b.proposals),
+        root_actions_released: d(now.root_actions_released, b.root_actions_released),
     }
 }

@@ -39,6 +39,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             address: r.address.to_string(),
         })
         .collect();
+    let limits = config.limits.clone();
     let tags = config
         .subscribe
         .iter()
@@ -70,9 +71,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             let members = roots.iter().map(|r| (r.id, r.address.clone())).collect();
             group.initialize(members).await?;
         }
-        spawn_candidate(endpoint, events, tree, roots, seed_from_clock(), group)?
+        spawn_candidate(
+            endpoint,
+            events,
+            tree,
+            roots,
+            seed_from_clock(),
+            group,
+            limits,
+        )?
     } else {
-        spawn_node(endpoint, events, tree, roots, seed_from_clock(), tags)?
+        spawn_node(
+            endpoint,
+            events,
+            tree,
+            roots,
+            seed_from_clock(),
+            tags,
+            limits,
+        )?
     };
     info!(
         node = identity.node_id,

@@ -10,11 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use canopy_net::{
     crypto_provider, default_validity, server_name_for, CertRole, CertificateAuthority,
-    Credentials, Identity, NetConfig, NetEndpoint, NetEvent, NodeId, ALPN,
+    Credentials, Identity, NetConfig, NetEndpoint, NetEvent, NetEvents, NodeId, ALPN,
 };
 use canopy_proto::v1::{Heartbeat, Multicast};
 use canopy_proto::{Body, ControlMessage};
-use tokio::sync::mpsc::Receiver;
 
 pub const CLUSTER: &str = "test";
 /// Generous bound on any single wait; only there so a bug fails instead of hanging.
@@ -52,11 +51,11 @@ pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
-pub fn bind(creds: Credentials, config: NetConfig) -> (NetEndpoint, Receiver<NetEvent>) {
+pub fn bind(creds: Credentials, config: NetConfig) -> (NetEndpoint, NetEvents) {
     NetEndpoint::bind(localhost(), creds, config).expect("bind")
 }
 
-pub fn node(ca: &CertificateAuthority, node_id: NodeId) -> (NetEndpoint, Receiver<NetEvent>) {
+pub fn node(ca: &CertificateAuthority, node_id: NodeId) -> (NetEndpoint, NetEvents) {
     bind(creds(ca, node_id, CertRole::Router), NetConfig::default())
 }
 
@@ -77,7 +76,7 @@ pub fn multicast(origin: NodeId, seq: u64, payload: Vec<u8>) -> ControlMessage {
     }))
 }
 
-pub async fn next_event(rx: &mut Receiver<NetEvent>) -> NetEvent {
+pub async fn next_event(rx: &mut NetEvents) -> NetEvent {
     tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("timed out waiting for an event")
@@ -87,7 +86,7 @@ pub async fn next_event(rx: &mut Receiver<NetEvent>) -> NetEvent {
 /// Waits for the next message from `from`, skipping `LinkUp`s; panics on any event that
 /// concerns one of `forbidden` or a `LinkClosed` of `from`.
 pub async fn message_from(
-    rx: &mut Receiver<NetEvent>,
+    rx: &mut NetEvents,
     from: NodeId,
     forbidden: &[NodeId],
 ) -> (Identity, ControlMessage) {
@@ -111,7 +110,7 @@ pub async fn message_from(
 }
 
 /// Waits for `LinkClosed` of `peer` and returns its reason; other peers' events are skipped.
-pub async fn link_closed(rx: &mut Receiver<NetEvent>, peer: NodeId) -> String {
+pub async fn link_closed(rx: &mut NetEvents, peer: NodeId) -> String {
     loop {
         if let NetEvent::LinkClosed { peer: p, reason } = next_event(rx).await {
             if p == peer {
@@ -122,7 +121,7 @@ pub async fn link_closed(rx: &mut Receiver<NetEvent>, peer: NodeId) -> String {
 }
 
 /// Waits for `LinkUp` of `peer`.
-pub async fn link_up(rx: &mut Receiver<NetEvent>, peer: NodeId) -> Identity {
+pub async fn link_up(rx: &mut NetEvents, peer: NodeId) -> Identity {
     loop {
         match next_event(rx).await {
             NetEvent::LinkUp { peer: p } if p.node_id == peer => return p,
@@ -139,7 +138,7 @@ pub async fn link_up(rx: &mut Receiver<NetEvent>, peer: NodeId) -> Identity {
 pub async fn good_peer_works(
     ca: &CertificateAuthority,
     server: &NetEndpoint,
-    server_rx: &mut Receiver<NetEvent>,
+    server_rx: &mut NetEvents,
     good_id: NodeId,
     refused: &[NodeId],
 ) {
@@ -168,20 +167,17 @@ pub fn raw_client(config: quinn::ClientConfig) -> quinn::Endpoint {
     endpoint
 }
 
-/// A raw quinn connection to `server` presenting a valid certificate for `node_id`.
-pub async fn raw_valid_connection(
-    ca: &CertificateAuthority,
-    server: &NetEndpoint,
-    node_id: NodeId,
-) -> (quinn::Endpoint, quinn::Connection) {
+/// A raw quinn client endpoint presenting `creds`' certificate.
+pub fn raw_client_with(creds: &Credentials) -> quinn::Endpoint {
     let transport = Arc::new(NetConfig::default().transport_config().expect("transport"));
-    let config = creds(ca, node_id, CertRole::Client)
-        .quic_client_config(transport)
-        .expect("client config");
-    let endpoint = raw_client(config);
-    let conn = tokio::time::timeout(
+    raw_client(creds.quic_client_config(transport).expect("client config"))
+}
+
+/// Connects a raw client to `server` and completes the handshake.
+pub async fn raw_connect(client: &quinn::Endpoint, server: &NetEndpoint) -> quinn::Connection {
+    tokio::time::timeout(
         PATIENCE,
-        endpoint
+        client
             .connect(
                 server.local_addr(),
                 &server_name_for(CLUSTER, server.identity().node_id),
@@ -190,8 +186,51 @@ pub async fn raw_valid_connection(
     )
     .await
     .expect("connect timed out")
-    .expect("handshake");
+    .expect("handshake")
+}
+
+/// A raw quinn connection to `server` presenting a valid certificate for `node_id`.
+pub async fn raw_valid_connection(
+    ca: &CertificateAuthority,
+    server: &NetEndpoint,
+    node_id: NodeId,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = raw_client_with(&creds(ca, node_id, CertRole::Client));
+    let conn = raw_connect(&endpoint, server).await;
     (endpoint, conn)
+}
+
+/// `msg` framed as a peer writes it on a stream.
+pub fn encode(msg: &ControlMessage) -> bytes::BytesMut {
+    let mut frame = bytes::BytesMut::new();
+    canopy_proto::FrameCodec::default()
+        .encode_into(msg, &mut frame)
+        .expect("encode");
+    frame
+}
+
+/// Opens a new stream on a raw connection and writes `msg` on it; the stream stays open.
+pub async fn send_on_new_stream(
+    conn: &quinn::Connection,
+    msg: &ControlMessage,
+) -> quinn::SendStream {
+    let mut stream = conn.open_uni().await.expect("open stream");
+    stream.write_all(&encode(msg)).await.expect("write");
+    stream
+}
+
+/// The first message the other side sends on its first stream of a raw connection.
+pub async fn first_message(conn: &quinn::Connection) -> ControlMessage {
+    use futures_util::StreamExt;
+    let read = async {
+        let stream = conn.accept_uni().await.expect("accept stream");
+        let mut frames =
+            tokio_util::codec::FramedRead::new(stream, canopy_proto::FrameCodec::default());
+        frames.next().await.expect("a frame").expect("a message")
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("timed out waiting for a message")
 }
 
 /// A rustls client config that trusts `ca` but presents no client certificate.

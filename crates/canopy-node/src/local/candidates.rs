@@ -7,7 +7,6 @@ use std::time::Duration;
 use canopy_net::{CertRole, NetEndpoint};
 use canopy_raft::{GroupConfig, RootGroup};
 use canopy_tree::{NodeId, RootCandidate};
-use tokio::sync::mpsc;
 
 use super::{LocalCluster, LocalNode};
 use crate::spawn_candidate;
@@ -28,7 +27,7 @@ impl LocalCluster {
     pub(super) fn spawn_candidate(
         &mut self,
         endpoint: NetEndpoint,
-        events: mpsc::Receiver<canopy_net::NetEvent>,
+        events: canopy_net::NetEvents,
         group: RootGroup,
     ) -> anyhow::Result<LocalNode> {
         let identity = endpoint.identity().clone();
@@ -40,6 +39,7 @@ impl LocalCluster {
             self.roots.clone(),
             seed,
             group,
+            self.spec.limits.clone(),
         )?;
         let node = LocalNode {
             identity,

@@ -14,6 +14,7 @@ use canopy_tree::{
 };
 use tokio::sync::mpsc;
 
+use crate::limits::PeerLimits;
 use crate::{spawn_node, Delivery, NodeHandle, NodeStatus};
 
 mod candidates;
@@ -40,6 +41,8 @@ pub struct LocalClusterSpec {
     pub data_dir: Option<PathBuf>,
     /// Raft snapshot after this many log entries.
     pub snapshot_every: u64,
+    /// Per-peer rate bounds of every node.
+    pub limits: PeerLimits,
 }
 
 impl Default for LocalClusterSpec {
@@ -54,6 +57,7 @@ impl Default for LocalClusterSpec {
             raft: RaftTimers::lan(),
             data_dir: None,
             snapshot_every: 1000,
+            limits: PeerLimits::default(),
         }
     }
 }
@@ -74,6 +78,7 @@ pub fn fast_tree_config() -> TreeConfig {
         max_clients: 16,
         imbalance_bound: 2,
         filter_fp_rate: 0.001,
+        limits: Default::default(),
     }
 }
 
@@ -201,7 +206,7 @@ impl LocalCluster {
         &self,
         id: NodeId,
         role: CertRole,
-    ) -> anyhow::Result<(NetEndpoint, mpsc::Receiver<canopy_net::NetEvent>)> {
+    ) -> anyhow::Result<(NetEndpoint, canopy_net::NetEvents)> {
         let creds = self.credentials(id, role)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         Ok(NetEndpoint::bind(addr, creds, self.spec.net.clone())?)
@@ -210,7 +215,7 @@ impl LocalCluster {
     fn spawn(
         &mut self,
         endpoint: NetEndpoint,
-        events: mpsc::Receiver<canopy_net::NetEvent>,
+        events: canopy_net::NetEvents,
         subscriptions: Vec<KeyTag>,
         roots: Vec<RootCandidate>,
     ) -> anyhow::Result<LocalNode> {
@@ -223,6 +228,7 @@ impl LocalCluster {
             roots,
             seed,
             subscriptions.clone(),
+            self.spec.limits.clone(),
         )?;
         let tx = self.delivery_tx.clone();
         tokio::spawn(async move {

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use canopy_net::{
     default_validity, CertRole, CertificateAuthority, Credentials, Identity, NetConfig,
-    NetEndpoint, NetEvent,
+    NetEndpoint, NetEvent, NetEvents,
 };
 use canopy_raft::{CandidateId, GroupConfig, ProposeError, RaftTimers, RootGroup};
 use canopy_tree::{Role, TreeConfig, ViewChange, ViewSnapshot};
-use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 
 pub const CLUSTER: &str = "raft-test";
@@ -54,7 +53,7 @@ pub fn fast_timers() -> RaftTimers {
 }
 
 /// Feeds an endpoint's events to its group.
-pub fn spawn_pump(group: RootGroup, mut events: Receiver<NetEvent>) -> JoinHandle<()> {
+pub fn spawn_pump(group: RootGroup, mut events: NetEvents) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {

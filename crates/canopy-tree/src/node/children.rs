@@ -2,11 +2,12 @@
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, InterestSnapshot,
-    Reattach, SubtreeSize,
+    Reattach, SignedPlacement, SubtreeSize,
 };
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
 
+use super::placement::Claimed;
 use super::{ChildInfo, Node};
 use crate::interest::LinkInterest;
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
@@ -48,6 +49,20 @@ impl Node {
             self.dropped(from, "adopt_child", DropReason::UnexpectedMessage, out);
             return;
         }
+        let claimed = Claimed {
+            child: adopt.child_id,
+            parent: self.id,
+            parent_address: None,
+            assignment_id: adopt.assignment_id,
+        };
+        let grant = match self.check_grant(adopt.grant.as_ref(), &claimed, now) {
+            // Only the root that decided may ask for the adoption.
+            Some(placement) if placement.root_id == from => adopt.grant.unwrap_or_default(),
+            _ => {
+                self.dropped(from, "adopt_child", DropReason::Unauthorized, out);
+                return;
+            }
+        };
         let Some(role) = Role::from_proto(adopt.role).filter(|r| *r != Role::Root) else {
             self.dropped(from, "adopt_child", DropReason::Malformed, out);
             return;
@@ -61,18 +76,21 @@ impl Node {
             role,
             adopt.address,
             adopt.assignment_id,
+            grant,
             now,
             out,
         );
     }
 
-    /// Takes `child` on under `assignment_id` and tells it so.
+    /// Takes `child` on under `assignment_id` and tells it so, passing on the root's grant.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn adopt(
         &mut self,
         child: NodeId,
         role: Role,
         address: String,
         assignment_id: u64,
+        grant: SignedPlacement,
         now: Time,
         out: &mut Vec<Output>,
     ) {
@@ -115,6 +133,7 @@ impl Node {
             parent_address: self.address.clone(),
             assignment_id,
             topology_epoch: self.epoch,
+            grant: Some(grant),
         };
         self.send(child, Body::AssignParent(assign), out);
     }
@@ -140,12 +159,85 @@ impl Node {
             self.dropped(from, "reattach", DropReason::StaleAssignment, out);
             return;
         }
+        let tags = reattach.interest.map(|s| s.tags).unwrap_or_default();
+        let role = link.role;
+        let max_tags = self.max_tags_for(role);
+        if tags.len() > max_tags {
+            let reason = format!(
+                "interest snapshot of {} tags, more than {max_tags}",
+                tags.len()
+            );
+            self.evict_over_limit(from, reason, now, out);
+            return;
+        }
+        let Some(link) = self.children.get_mut(&from) else {
+            return;
+        };
         link.assignment_id = reattach.assignment_id;
         link.attached = true;
         link.subtree = reattach.subtree.unwrap_or_default();
-        let tags = reattach.interest.map(|s| s.tags).unwrap_or_default();
         link.interest.replace(&tags, fp_rate, &mut self.interest);
         self.schedule_interest_flush(now);
+        self.check_child_bounds(from, now, out);
+    }
+
+    /// Most tags a child link of `role` may advertise.
+    fn max_tags_for(&self, role: Role) -> usize {
+        if role == Role::Client {
+            self.config.limits.max_tags_per_client_link
+        } else {
+            self.config.limits.max_tags_per_router_link
+        }
+    }
+
+    /// Evicts `child` if what it advertised or reported is over a bound.
+    pub(super) fn check_child_bounds(&mut self, child: NodeId, now: Time, out: &mut Vec<Output>) {
+        let Some(link) = self.children.get(&child) else {
+            return;
+        };
+        let max_tags = self.max_tags_for(link.role);
+        let max_nodes = self.config.limits.max_subtree_nodes;
+        let reported = link.subtree.clients.saturating_add(link.subtree.routers);
+        let reason = if link.interest.len() > max_tags {
+            format!(
+                "advertised {} tags, more than {max_tags}",
+                link.interest.len()
+            )
+        } else if reported > max_nodes {
+            format!("reported a subtree of {reported} nodes, more than {max_nodes}")
+        } else if link.role == Role::Client
+            && (link.subtree.clients > 1 || link.subtree.routers > 0)
+        {
+            format!(
+                "a client reported a subtree of {} clients and {} routers",
+                link.subtree.clients, link.subtree.routers
+            )
+        } else {
+            return;
+        };
+        self.evict_over_limit(child, reason, now, out);
+    }
+
+    /// Drops a child that went over a bound: it is told why, forgotten (its interest
+    /// withdrawn, the root told), and the driver closes its link.
+    pub(super) fn evict_over_limit(
+        &mut self,
+        child: NodeId,
+        reason: String,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let disconnect = Disconnect {
+            sender_id: self.id,
+            reason: Reason::ProtocolError as i32,
+            rejoin: false,
+        };
+        self.send(child, Body::Disconnect(disconnect), out);
+        self.remove_child(child, RemovalReason::OverLimit, now, out);
+        out.push(Output::CloseLink {
+            peer: child,
+            reason,
+        });
     }
 
     pub(super) fn on_snapshot(
@@ -156,13 +248,25 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let fp_rate = self.config.filter_fp_rate;
-        match self.children.get_mut(&from) {
-            Some(link) if link.attached => {
-                link.interest
-                    .replace(&snapshot.tags, fp_rate, &mut self.interest);
-                self.schedule_interest_flush(now);
+        let max_tags = match self.children.get(&from) {
+            Some(link) if link.attached => self.max_tags_for(link.role),
+            _ => {
+                self.dropped(from, "interest_snapshot", DropReason::NotANeighbour, out);
+                return;
             }
-            _ => self.dropped(from, "interest_snapshot", DropReason::NotANeighbour, out),
+        };
+        if snapshot.tags.len() > max_tags {
+            let reason = format!(
+                "interest snapshot of {} tags, more than {max_tags}",
+                snapshot.tags.len()
+            );
+            self.evict_over_limit(from, reason, now, out);
+            return;
+        }
+        if let Some(link) = self.children.get_mut(&from) {
+            link.interest
+                .replace(&snapshot.tags, fp_rate, &mut self.interest);
+            self.schedule_interest_flush(now);
         }
     }
 
@@ -259,7 +363,10 @@ impl Node {
     }
 
     pub(super) fn on_cull(&mut self, from: NodeId, count: u64, now: Time, out: &mut Vec<Output>) {
-        if self.parent() != Some(from) && !self.is_root_candidate(from) {
+        // Only the parent or the serving root (as named from above) may cull: a root
+        // candidate that does not serve has no say over this subtree.
+        let serving_root = self.leader().map(|r| r.id);
+        if self.parent() != Some(from) && serving_root != Some(from) {
             self.dropped(from, "cull", DropReason::NotANeighbour, out);
             return;
         }

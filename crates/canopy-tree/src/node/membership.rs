@@ -8,6 +8,7 @@ use canopy_proto::v1::{
 use canopy_proto::Body;
 use rand::Rng;
 
+use super::placement::Claimed;
 use super::{JoinState, Node, ParentLink};
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
 use crate::{NodeId, Time};
@@ -15,6 +16,10 @@ use crate::{NodeId, Time};
 impl Node {
     /// Starts (or restarts) asking the root for a parent.
     pub(super) fn begin_join(&mut self, now: Time, out: &mut Vec<Output>) {
+        // A fresh join answers to fresh placements only: whatever assignment id was obeyed
+        // before (even an absurd one) must not make the root's next placement look stale.
+        // Replays of older grants are bounded by the grants' maximum age.
+        self.best_assignment = 0;
         self.joining = Some(JoinState {
             attempt: 0,
             retry_at: now + self.join_backoff(0),
@@ -104,6 +109,20 @@ impl Node {
             // Obeying would close a cycle; the root will place us again.
             self.dropped(from, "assign_parent", DropReason::Malformed, out);
             self.tell_not_a_neighbour(from, false, out);
+            return;
+        }
+        let claimed = Claimed {
+            child: self.id,
+            parent: from,
+            parent_address: Some(&assign.parent_address),
+            assignment_id: assign.assignment_id,
+        };
+        if self
+            .check_grant(assign.grant.as_ref(), &claimed, now)
+            .is_none()
+        {
+            // Not the serving root's decision: no node can move another on its own say.
+            self.dropped(from, "assign_parent", DropReason::Unauthorized, out);
             return;
         }
         if assign.assignment_id <= self.best_assignment {
@@ -198,15 +217,25 @@ impl Node {
             link.subtree = subtree;
         }
         if let Some(delta) = hb.interest {
+            if delta.add.len() + delta.remove.len() > self.config.limits.max_tags_per_delta {
+                let reason = format!(
+                    "interest delta of {} tags, more than {}",
+                    delta.add.len() + delta.remove.len(),
+                    self.config.limits.max_tags_per_delta
+                );
+                self.evict_over_limit(from, reason, now, out);
+                return;
+            }
             link.interest.apply_delta(&delta, &mut self.interest);
             self.schedule_interest_flush(now);
         }
+        self.check_child_bounds(from, now, out);
     }
 
     /// Heartbeats to the parent (with subtree size and interest changes) and to each child
     /// (with the topology epoch).
-    pub(super) fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
-        self.send_parent_heartbeat(out);
+    pub(super) fn send_heartbeats(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.send_parent_heartbeat(now, out);
         let root_id = if self.root.is_some() {
             self.id
         } else {
@@ -228,15 +257,16 @@ impl Node {
         }
     }
 
-    pub(super) fn send_parent_heartbeat(&mut self, out: &mut Vec<Output>) {
+    pub(super) fn send_parent_heartbeat(&mut self, now: Time, out: &mut Vec<Output>) {
         let Some(parent) = &self.parent else {
             return;
         };
         let (to, assignment_id) = (parent.id, parent.assignment_id);
+        let max_tags = self.config.limits.max_tags_per_delta;
         let interest = self
             .interest
             .has_pending()
-            .then(|| self.interest.take_delta());
+            .then(|| self.interest.take_delta_limited(max_tags));
         let hb = Heartbeat {
             sender_id: self.id,
             subtree: Some(self.subtree()),
@@ -246,6 +276,10 @@ impl Node {
             root_id: 0,
         };
         self.send(to, Body::Heartbeat(hb), out);
+        if self.interest.has_pending() {
+            // What did not fit goes up in the next heartbeat, shortly.
+            self.interest_flush_at = Some(now + self.config.interest_batch_delay);
+        }
     }
 
     pub(super) fn check_parent_timeout(&mut self, now: Time, out: &mut Vec<Output>) {
@@ -254,6 +288,9 @@ impl Node {
             .as_ref()
             .is_some_and(|p| now.saturating_sub(p.last_heard) > self.config.parent_timeout);
         if timed_out {
+            if let Some(previous) = self.parent() {
+                out.push(Output::Event(TreeEvent::ParentTimedOut { previous }));
+            }
             self.orphan(now, out);
         }
     }

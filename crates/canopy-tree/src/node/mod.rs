@@ -3,6 +3,9 @@
 mod children;
 mod leadership;
 mod membership;
+mod placement;
+
+pub use placement::placement_grant;
 mod root;
 mod routing;
 
@@ -245,12 +248,12 @@ impl Node {
             self.next_heartbeat = now + self.config.heartbeat_interval;
             self.check_parent_timeout(now, out);
             self.evict_silent_children(now, out);
-            self.send_heartbeats(out);
             self.interest_flush_at = None;
+            self.send_heartbeats(now, out);
         }
         if self.interest_flush_at.is_some_and(|at| now >= at) {
             self.interest_flush_at = None;
-            self.send_parent_heartbeat(out);
+            self.send_parent_heartbeat(now, out);
         }
         if self.root.is_some() {
             self.root_on_tick(now, out);
@@ -308,9 +311,10 @@ impl Node {
             clients: u64::from(self.role == Role::Client),
             routers: u64::from(self.role.is_router()),
         };
+        // Children report their own sizes: saturate rather than trust them to add up.
         for child in self.children.values().filter(|c| c.attached) {
-            size.clients += child.subtree.clients;
-            size.routers += child.subtree.routers;
+            size.clients = size.clients.saturating_add(child.subtree.clients);
+            size.routers = size.routers.saturating_add(child.subtree.routers);
         }
         size
     }

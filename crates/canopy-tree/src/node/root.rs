@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
+    SignedPlacement,
 };
 use canopy_proto::Body;
 use rand::Rng;
@@ -29,6 +30,7 @@ pub(super) enum HeldAction {
         role: Role,
         address: String,
         assignment_id: u64,
+        grant: SignedPlacement,
     },
 }
 
@@ -117,6 +119,14 @@ impl Node {
         let assignment_id = root.next_assignment;
         root.next_assignment += 1;
         root.awaiting_rejoin.remove(&from);
+        let parent_address = if parent == self.id {
+            self.address.clone()
+        } else {
+            root.view
+                .get(parent)
+                .map(|e| e.address.clone())
+                .unwrap_or_default()
+        };
         let change = ViewChange::Assign {
             node: from,
             role,
@@ -132,12 +142,14 @@ impl Node {
             parent,
             assignment_id,
         }));
+        let grant = self.placement_grant(from, parent, parent_address, assignment_id, now);
         let action = if parent == self.id {
             HeldAction::Adopt {
                 child: from,
                 role,
                 address: request.address,
                 assignment_id,
+                grant,
             }
         } else {
             let adopt = AdoptChild {
@@ -146,6 +158,7 @@ impl Node {
                 region: request.region,
                 address: request.address,
                 assignment_id,
+                grant: Some(grant),
             };
             HeldAction::Send {
                 to: parent,
@@ -234,7 +247,8 @@ impl Node {
                 role,
                 address,
                 assignment_id,
-            } => self.adopt(child, role, address, assignment_id, now, out),
+                grant,
+            } => self.adopt(child, role, address, assignment_id, grant, now, out),
         }
     }
 
@@ -358,7 +372,10 @@ impl Node {
             self.root_after_commit(HeldAction::Send { to, body }, now, out);
         }
         for (router, count) in culls {
-            self.send(router, Body::Cull(Cull { count }), out);
+            // Like every structural action, a cull waits for what was decided before it:
+            // a root that lost its quorum never gets to send it.
+            let body = Body::Cull(Cull { count });
+            self.root_after_commit(HeldAction::Send { to: router, body }, now, out);
             out.push(Output::Event(TreeEvent::Culled { count }));
         }
     }

@@ -46,6 +46,7 @@ pub fn config() -> TreeConfig {
         max_clients: 8,
         imbalance_bound: 2,
         filter_fp_rate: 0.0001,
+        limits: Default::default(),
     };
     config.validate().expect("test config is valid");
     config
@@ -122,6 +123,8 @@ pub struct Net {
     /// The committed log of the candidates' Raft group: `NewRoot` at every election (see
     /// [`Net::elect`]) and every auto-committed proposal.
     pub raft_log: Vec<ViewChange>,
+    /// Links nodes asked to close because a peer went over a bound: (node, peer, reason).
+    pub closed: Vec<(NodeId, NodeId, String)>,
 }
 
 impl Net {
@@ -142,6 +145,7 @@ impl Net {
             roots: roots(),
             auto_commit: BTreeSet::new(),
             raft_log: Vec::new(),
+            closed: Vec::new(),
         };
         net.add(ROOT, Role::Root, root_seed);
         net.input(ROOT, Input::Start);
@@ -167,6 +171,7 @@ impl Net {
             roots: candidates(ids),
             auto_commit: BTreeSet::new(),
             raft_log: Vec::new(),
+            closed: Vec::new(),
         };
         for &id in ids {
             let node = Node::new(
@@ -317,6 +322,9 @@ impl Net {
                 Output::WakeAt(_) => {}
                 Output::Propose { seq, change } => {
                     self.proposals.push((id, *seq, change.clone()));
+                }
+                Output::CloseLink { peer, reason } => {
+                    self.closed.push((id, *peer, reason.clone()));
                 }
             }
         }

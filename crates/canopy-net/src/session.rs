@@ -1,0 +1,323 @@
+//! Establishing and running connections: accepting and dialling, checking the identity a
+//! peer's certificate names, registering the connection in the link table (one inbound
+//! session per node: a newer one replaces the older) and running it as a link until it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::Connection;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::certs::parse_identity;
+use crate::config::NetEvent;
+use crate::endpoint::{Link, Shared, SHUTDOWN_GRACE};
+use crate::identity::{server_name_for, Identity, NodeId};
+use crate::limits::ReadLimits;
+use crate::link::{self, Cause, LinkEnd, LinkQueues, CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL};
+use crate::stats::{bump, ConnSlot};
+use crate::sweep::PeerCert;
+
+/// The close reason of an inbound session replaced by a newer one from the same node.
+const REPLACED: &str = "replaced by a newer connection from the same certificate";
+
+/// Where a connection being registered comes from.
+enum Origin {
+    /// It completes the dial link `id`, whose queues these are.
+    Dialled { id: u64, queues: LinkQueues },
+    /// The peer dialled us; `ended` resolves when the link's task ends.
+    Inbound { ended: oneshot::Receiver<()> },
+}
+
+/// A connection put in the link table.
+struct Registered {
+    id: u64,
+    queues: LinkQueues,
+    /// Whether it is the peer's only live connection.
+    first: bool,
+    /// The ends of the older inbound sessions it replaced.
+    replaced: Vec<oneshot::Receiver<()>>,
+}
+
+impl Shared {
+    /// Puts an established connection in the table. An inbound one replaces the peer's older
+    /// live inbound connections (closed here; their ends are returned). `None` if the dial was
+    /// cancelled or we are shutting down.
+    fn register(
+        &self,
+        peer: NodeId,
+        conn: &Connection,
+        cert: PeerCert,
+        origin: Origin,
+    ) -> Option<Registered> {
+        let mut state = self.lock();
+        if state.shut_down {
+            return None;
+        }
+        let mut replaced = Vec::new();
+        if let (Origin::Inbound { .. }, Some(links)) = (&origin, state.links.get_mut(&peer)) {
+            let (old, keep): (Vec<Link>, Vec<Link>) = std::mem::take(links)
+                .into_iter()
+                .partition(|l| l.inbound && l.is_live());
+            *links = keep;
+            for mut old in old {
+                if let Some(old_conn) = &old.conn {
+                    warn!(
+                        peer,
+                        old = %old_conn.remote_address(),
+                        new = %conn.remote_address(),
+                        "{REPLACED}"
+                    );
+                    // Closed before its queues are dropped, so its writer sees the close.
+                    old_conn.close(CLOSE_IDENTITY, REPLACED.as_bytes());
+                }
+                bump(&self.counters.sessions_replaced);
+                replaced.extend(old.ended.take());
+            }
+        }
+        let first = !state
+            .links
+            .get(&peer)
+            .is_some_and(|links| links.iter().any(Link::is_live));
+        match origin {
+            Origin::Dialled { id, queues } => {
+                let link = state
+                    .links
+                    .get_mut(&peer)?
+                    .iter_mut()
+                    .find(|l| l.id == id)?;
+                link.conn = Some(conn.clone());
+                link.cert = Some(cert);
+                Some(Registered {
+                    id,
+                    queues,
+                    first,
+                    replaced,
+                })
+            }
+            Origin::Inbound { ended } => {
+                state.next_link += 1;
+                let id = state.next_link;
+                let (senders, queues) = self.queues();
+                state.links.entry(peer).or_default().push(Link {
+                    id,
+                    senders,
+                    conn: Some(conn.clone()),
+                    inbound: true,
+                    cert: Some(cert),
+                    ended: Some(ended),
+                });
+                Some(Registered {
+                    id,
+                    queues,
+                    first,
+                    replaced,
+                })
+            }
+        }
+    }
+
+    /// Runs an authenticated connection as a link until it ends. `slot` counts it among the
+    /// established connections; `_ended` is dropped once the link's readers have stopped.
+    async fn run_link(
+        &self,
+        conn: Connection,
+        peer: Identity,
+        cert: PeerCert,
+        origin: Origin,
+        slot: ConnSlot,
+        _ended: oneshot::Sender<()>,
+    ) {
+        let node = peer.node_id;
+        let Some(registered) = self.register(node, &conn, cert, origin) else {
+            conn.close(CLOSE_NORMAL, b"link cancelled");
+            return;
+        };
+        info!(peer = node, remote = %conn.remote_address(), role = %peer.role, "link up");
+        let replaced = !registered.replaced.is_empty();
+        if replaced {
+            // The old session ends before the new one starts: its last messages come before
+            // its LinkClosed. Its connection is closed, so this is quick; bounded regardless.
+            for ended in registered.replaced {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, ended).await;
+            }
+            let closed = NetEvent::LinkClosed {
+                peer: node,
+                reason: REPLACED.to_owned(),
+            };
+            let _ = self.events.control.send(closed).await;
+        }
+        if registered.first || replaced {
+            let up = NetEvent::LinkUp { peer: peer.clone() };
+            let _ = self.events.control.send(up).await;
+        }
+        let limits = Arc::new(ReadLimits::new(&self.config, self.counters.clone()));
+        let end = link::drive(&conn, &peer, registered.queues, &self.events, limits).await;
+        let reason = match end {
+            LinkEnd::Local {
+                code,
+                reason,
+                cause,
+            } => {
+                warn!(peer = node, %reason, code = %code, "closed link");
+                self.count_close(cause);
+                reason
+            }
+            LinkEnd::Gone(reason) => reason,
+        };
+        info!(peer = node, %reason, "connection ended");
+        drop(slot);
+        if let Some(event) = self.remove_link(node, registered.id, reason) {
+            let _ = self.events.control.send(event).await;
+        }
+    }
+
+    /// Counts a close this side decided.
+    fn count_close(&self, cause: Cause) {
+        let counters = &self.counters;
+        match cause {
+            Cause::Normal => {}
+            Cause::Protocol => bump(&counters.closed_protocol),
+            Cause::Streams => {
+                bump(&counters.closed_protocol);
+                bump(&counters.closed_streams);
+            }
+            Cause::ControlRate => bump(&counters.closed_control_rate),
+        }
+    }
+
+    /// Checks an inbound connection's certificate identity and runs it as a link.
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                bump(&self.counters.handshakes_failed);
+                warn!(%remote, error = %e, "refused inbound connection");
+                return;
+            }
+        };
+        let checked = match verified_identity(&conn) {
+            Ok((peer, cert)) if peer.cluster == self.identity.cluster => Ok((peer, cert)),
+            Ok((peer, _)) => Err(format!("peer is in cluster {:?}", peer.cluster)),
+            Err(reason) => Err(reason),
+        };
+        let (peer, cert) = match checked {
+            Ok(accepted) => accepted,
+            Err(reason) => {
+                bump(&self.counters.refused_identity);
+                warn!(%remote, %reason, "refused inbound connection");
+                conn.close(CLOSE_IDENTITY, reason.as_bytes());
+                return;
+            }
+        };
+        // Also checked before the handshake; this closes the race between handshakes.
+        let Some(slot) = self.counters.try_slot(self.config.max_connections) else {
+            self.refuse_over_limit(remote);
+            conn.close(CLOSE_BUSY, b"too many connections");
+            return;
+        };
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let origin = Origin::Inbound { ended: ended_rx };
+        self.run_link(conn, peer, cert, origin, slot, ended_tx)
+            .await;
+    }
+
+    /// Counts and logs an inbound connection refused for `max_connections`.
+    fn refuse_over_limit(&self, remote: SocketAddr) {
+        bump(&self.counters.refused_over_limit);
+        warn!(
+            %remote,
+            max_connections = self.config.max_connections,
+            "refused inbound connection: too many connections"
+        );
+    }
+}
+
+/// Accepts inbound connections until the endpoint closes; over `max_connections`, refuses
+/// them before the handshake.
+pub(crate) async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        if !shared.counters.below(shared.config.max_connections) {
+            shared.refuse_over_limit(incoming.remote_address());
+            incoming.refuse();
+            continue;
+        }
+        shared
+            .runtime
+            .spawn(shared.clone().handle_incoming(incoming));
+    }
+    debug!(node = shared.identity.node_id, "accept loop ended");
+}
+
+/// Connects to `peer` at `addr`, checks that the certificate names `peer`, runs the link.
+/// `ended` is dropped when the dial or the link it became ends.
+pub(crate) async fn dial(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+    id: u64,
+    queues: LinkQueues,
+    ended: oneshot::Sender<()>,
+) {
+    match connect(&shared, peer, addr).await {
+        Ok((conn, identity, cert)) => {
+            let slot = shared.counters.slot();
+            let origin = Origin::Dialled { id, queues };
+            shared
+                .run_link(conn, identity, cert, origin, slot, ended)
+                .await
+        }
+        Err(reason) => {
+            warn!(peer, %addr, %reason, "dial failed");
+            if let Some(event) = shared.remove_link(peer, id, format!("dial failed: {reason}")) {
+                let _ = shared.events.control.send(event).await;
+            }
+        }
+    }
+}
+
+async fn connect(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(Connection, Identity, PeerCert), String> {
+    let cluster = &shared.identity.cluster;
+    let conn = shared
+        .endpoint
+        .connect(addr, &server_name_for(cluster, peer))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| link::describe(&e))?;
+    let refuse = |reason: String| {
+        bump(&shared.counters.refused_identity);
+        close_with(&conn, reason)
+    };
+    let (identity, cert) = verified_identity(&conn).map_err(refuse)?;
+    if identity.node_id != peer || identity.cluster != *cluster {
+        return Err(refuse(format!(
+            "dialled node {peer} of {cluster} but reached {identity}"
+        )));
+    }
+    Ok((conn, identity, cert))
+}
+
+fn close_with(conn: &Connection, reason: String) -> String {
+    conn.close(CLOSE_IDENTITY, reason.as_bytes());
+    reason
+}
+
+/// The identity named by the peer's verified certificate, and that certificate's details.
+fn verified_identity(conn: &Connection) -> Result<(Identity, PeerCert), String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "peer presented no certificate".to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "peer presented an empty certificate chain".to_string())?;
+    let identity = parse_identity(leaf).map_err(|e| format!("peer certificate: {e}"))?;
+    let cert = PeerCert::parse(identity.node_id, leaf)?;
+    Ok((identity, cert))
+}

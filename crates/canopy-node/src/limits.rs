@@ -1,0 +1,236 @@
+//! Bounds on what one peer can make a node do, checked before the tree sees a message:
+//! sizes of message types and string fields, and rates of the messages that cost the node
+//! real work (join requests at the root, whole interest snapshots at a parent).
+
+use canopy_proto::ControlMessage;
+use canopy_tree::{NodeId, TreeLimits};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Largest encoding of a small control message (join, assignment with its signed grant,
+/// cull, disconnect, removal report, redirect, operator request).
+pub const MAX_SMALL_CONTROL_BYTES: usize = 4096;
+/// Longest `host:port` a joiner may name.
+pub const MAX_ADDRESS_LEN: usize = 64;
+
+/// Per-peer rate bounds of a node. Over a bound, the peer's link is closed and counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerLimits {
+    /// Join requests per second one peer may send (a legitimate joiner backs off to one
+    /// every `join_timeout_ms` or slower, plus one redirect).
+    pub joins_per_sec: f64,
+    /// Burst of join requests above the rate.
+    pub join_burst: u32,
+    /// Whole interest snapshots (`Reattach`, `InterestSnapshot`) per second one peer may send:
+    /// each makes the parent rebuild that link's filter.
+    pub snapshots_per_sec: f64,
+    /// Burst of snapshots above the rate.
+    pub snapshot_burst: u32,
+    /// A placement grant older than this is refused (ms; also the tolerated clock skew).
+    pub placement_max_age_ms: u64,
+    /// Most distinct key tags one client link may advertise.
+    pub max_tags_per_client_link: usize,
+    /// Most distinct key tags one router link may advertise.
+    pub max_tags_per_router_link: usize,
+    /// Most tags in one interest delta (larger changes are sent in pieces).
+    pub max_tags_per_delta: usize,
+    /// Largest subtree a child may report.
+    pub max_subtree_nodes: u64,
+    /// A joiner's claimed address must have the IP its connection comes from, so nobody can
+    /// point the tree's dials at another host. Turn off only behind NAT or relays that
+    /// change source addresses.
+    pub check_join_address_ip: bool,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        let tree = TreeLimits::default();
+        PeerLimits {
+            joins_per_sec: 2.0,
+            join_burst: 8,
+            snapshots_per_sec: 5.0,
+            snapshot_burst: 10,
+            placement_max_age_ms: tree.placement_max_age.as_millis() as u64,
+            max_tags_per_client_link: tree.max_tags_per_client_link,
+            max_tags_per_router_link: tree.max_tags_per_router_link,
+            max_tags_per_delta: tree.max_tags_per_delta,
+            max_subtree_nodes: tree.max_subtree_nodes,
+            check_join_address_ip: true,
+        }
+    }
+}
+
+impl PeerLimits {
+    /// The bounds the tree state machine enforces.
+    pub fn tree_limits(&self) -> TreeLimits {
+        TreeLimits {
+            placement_max_age: Duration::from_millis(self.placement_max_age_ms),
+            max_tags_per_client_link: self.max_tags_per_client_link,
+            max_tags_per_router_link: self.max_tags_per_router_link,
+            max_tags_per_delta: self.max_tags_per_delta,
+            max_subtree_nodes: self.max_subtree_nodes,
+        }
+    }
+
+    /// Checks that every rate and burst is positive.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let rates = [
+            ("limits.joins_per_sec", self.joins_per_sec),
+            ("limits.snapshots_per_sec", self.snapshots_per_sec),
+        ];
+        for (key, rate) in rates {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err((key, format!("must be a positive number, not {rate}")));
+            }
+        }
+        for (key, burst) in [
+            ("limits.join_burst", self.join_burst),
+            ("limits.snapshot_burst", self.snapshot_burst),
+        ] {
+            if burst == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest encoding a message of this kind may have, given the link's frame limit.
+pub fn max_encoded_len(msg: &ControlMessage, max_frame: usize) -> usize {
+    use canopy_proto::Body;
+    match msg.body {
+        Some(
+            Body::JoinRequest(_)
+            | Body::NotLeader(_)
+            | Body::AssignParent(_)
+            | Body::AdoptChild(_)
+            | Body::Cull(_)
+            | Body::Disconnect(_)
+            | Body::ChildRemoved(_)
+            | Body::AdminRequest(_),
+        ) => MAX_SMALL_CONTROL_BYTES.min(max_frame),
+        _ => max_frame,
+    }
+}
+
+/// What a rate bound applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    Join,
+    Snapshot,
+}
+
+impl RateKind {
+    /// The kind of rate `msg` counts against, if any.
+    pub fn of(msg: &ControlMessage) -> Option<RateKind> {
+        use canopy_proto::Body;
+        match msg.body {
+            Some(Body::JoinRequest(_)) => Some(RateKind::Join),
+            Some(Body::Reattach(_) | Body::InterestSnapshot(_)) => Some(RateKind::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token buckets per (peer, kind). A bucket outlives the peer's link (reconnecting does not
+/// refill it); it is dropped once it has refilled, when nothing is owed any more.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: HashMap<(NodeId, RateKind), Bucket>,
+    admitted: u64,
+}
+
+impl RateLimiter {
+    /// Takes one token for `peer`'s message of `kind`; `Err` names the bound if none is left.
+    pub fn admit(
+        &mut self,
+        limits: &PeerLimits,
+        peer: NodeId,
+        kind: RateKind,
+        now: Instant,
+    ) -> Result<(), String> {
+        let (rate, burst, what) = match kind {
+            RateKind::Join => (limits.joins_per_sec, limits.join_burst, "join requests"),
+            RateKind::Snapshot => (
+                limits.snapshots_per_sec,
+                limits.snapshot_burst,
+                "interest snapshots",
+            ),
+        };
+        let burst = f64::from(burst);
+        self.admitted += 1;
+        if self.admitted % 1024 == 0 {
+            self.prune(limits, now);
+        }
+        let bucket = self.buckets.entry((peer, kind)).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at);
+        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(format!("{what} over {rate}/s (burst {burst})"))
+        }
+    }
+
+    /// Drops the buckets that have refilled completely (they hold no debt).
+    fn prune(&mut self, limits: &PeerLimits, now: Instant) {
+        self.buckets.retain(|(_, kind), bucket| {
+            let (rate, burst) = match kind {
+                RateKind::Join => (limits.joins_per_sec, limits.join_burst),
+                RateKind::Snapshot => (limits.snapshots_per_sec, limits.snapshot_burst),
+            };
+            let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+            bucket.tokens + elapsed * rate < f64::from(burst)
+        });
+    }
+
+    /// Number of peers' buckets held.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_admitted_then_the_rate_holds() {
+        let limits = PeerLimits {
+            joins_per_sec: 2.0,
+            join_burst: 3,
+            ..PeerLimits::default()
+        };
+        let mut limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_ok());
+        }
+        assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_err());
+        // Another peer and another kind have their own buckets.
+        assert!(limiter.admit(&limits, 8, RateKind::Join, t0).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Snapshot, t0).is_ok());
+        let later = t0 + Duration::from_millis(500);
+        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_err());
+    }
+}

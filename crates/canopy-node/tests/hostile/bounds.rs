@@ -1,0 +1,232 @@
+//! Every quantity a peer controls is bounded; going over a bound costs only the offender
+//! its link, and is counted.
+
+use std::time::Duration;
+
+use canopy_net::CertRole;
+use canopy_proto::v1::{
+    Heartbeat, InterestDelta, InterestSnapshot, JoinRequest, Multicast, Role, SubtreeSize,
+};
+use canopy_proto::{Body, ControlMessage};
+use canopy_tree::NodeId;
+
+use crate::support::{Rogue, Tree};
+
+fn join(id: NodeId, region: &str, address: String) -> ControlMessage {
+    ControlMessage::new(Body::JoinRequest(JoinRequest {
+        node_id: id,
+        role: Role::Client as i32,
+        region: region.into(),
+        address,
+        attempt: 0,
+        subtree: None,
+    }))
+}
+
+fn heartbeat(id: NodeId, subtree: SubtreeSize, interest: Option<InterestDelta>) -> ControlMessage {
+    ControlMessage::new(Body::Heartbeat(Heartbeat {
+        sender_id: id,
+        subtree: Some(subtree),
+        topology_epoch: 0,
+        interest,
+        assignment_id: 0,
+        root_id: 0,
+    }))
+}
+
+const ONE_CLIENT: SubtreeSize = SubtreeSize {
+    clients: 1,
+    routers: 0,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_requests_are_bounded_in_size_fields_and_rate() {
+    let mut tree = Tree::start(1, 1, 2).await;
+    let root = tree.root().await;
+    let root_addr = tree.address(root);
+    let view_before = tree
+        .cluster
+        .node(root)
+        .unwrap()
+        .handle
+        .status()
+        .await
+        .unwrap()
+        .view_size;
+
+    // (rogue id, region, address or None for the rogue's own, what the refusal names)
+    let cases = [
+        (970, "local", Some("1".repeat(30_000)), "bytes"),
+        (971, "elsewhere", None, "region"),
+        (
+            972,
+            "local",
+            Some("example.org:7000".to_string()),
+            "ip:port",
+        ),
+        (
+            973,
+            "local",
+            Some("127.0.0.2:7000".to_string()),
+            "not on the host",
+        ),
+    ];
+    for (id, region, address, expected) in cases {
+        let mut rogue = Rogue::new(&tree, id, CertRole::Client);
+        let addr = address.unwrap_or_else(|| rogue.endpoint.local_addr().to_string());
+        rogue.send(root, root_addr, join(id, region, addr));
+        let reason = rogue.closed_by(root, Duration::from_secs(10)).await;
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains(expected)),
+            "{id}: {reason:?}"
+        );
+        rogue.shutdown().await;
+    }
+    let status = tree
+        .cluster
+        .node(root)
+        .unwrap()
+        .handle
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.view_size, view_before, "nothing was placed");
+    assert_eq!(status.counters.refused, 4);
+
+    // Join requests faster than the per-peer rate.
+    let mut flooder = Rogue::new(&tree, 974, CertRole::Client);
+    let own = flooder.endpoint.local_addr().to_string();
+    for _ in 0..40 {
+        flooder.send(root, root_addr, join(974, "local", own.clone()));
+    }
+    let reason = flooder.closed_by(root, Duration::from_secs(10)).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("join requests over")),
+        "{reason:?}"
+    );
+    flooder.shutdown().await;
+    let counters = tree.counters(root).await;
+    assert_eq!(counters.rate_limited, 1);
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_and_subtree_reports_are_bounded() {
+    let mut tree = Tree::start(1, 1, 2).await;
+    let limits = canopy_node::limits::PeerLimits::default();
+
+    // Too many tags in the attach snapshot.
+    let mut rogue = Rogue::new(&tree, 980, CertRole::Client);
+    let (parent, addr) = rogue.get_placed(&tree).await;
+    let tags: Vec<u64> = (1..=limits.max_tags_per_client_link as u64 + 1).collect();
+    rogue.attach(parent, addr, tags);
+    let reason = rogue.closed_by(parent, Duration::from_secs(10)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("tags")),
+        "{reason:?}"
+    );
+    rogue.shutdown().await;
+
+    // A delta over the per-delta bound, after a proper attach.
+    let mut rogue = Rogue::new(&tree, 981, CertRole::Client);
+    let (parent_b, addr) = rogue.get_placed(&tree).await;
+    rogue.attach(parent_b, addr, vec![42]);
+    let delta = InterestDelta {
+        add: (1..=limits.max_tags_per_delta as u64 + 1).collect(),
+        remove: vec![],
+    };
+    rogue.send(parent_b, addr, heartbeat(981, ONE_CLIENT, Some(delta)));
+    let reason = rogue.closed_by(parent_b, Duration::from_secs(10)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("delta")),
+        "{reason:?}"
+    );
+    rogue.shutdown().await;
+
+    // A client claiming a subtree.
+    let mut rogue = Rogue::new(&tree, 982, CertRole::Client);
+    let (parent_c, addr) = rogue.get_placed(&tree).await;
+    rogue.attach(parent_c, addr, vec![]);
+    let huge = SubtreeSize {
+        clients: u64::MAX,
+        routers: u64::MAX,
+    };
+    rogue.send(parent_c, addr, heartbeat(982, huge, None));
+    let reason = rogue.closed_by(parent_c, Duration::from_secs(10)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("subtree")),
+        "{reason:?}"
+    );
+    rogue.shutdown().await;
+
+    // Whole snapshots faster than the per-peer rate.
+    let mut rogue = Rogue::new(&tree, 983, CertRole::Client);
+    let (parent_d, addr) = rogue.get_placed(&tree).await;
+    rogue.attach(parent_d, addr, vec![]);
+    for i in 0..40 {
+        let snapshot = InterestSnapshot { tags: vec![i + 1] };
+        rogue.send(
+            parent_d,
+            addr,
+            ControlMessage::new(Body::InterestSnapshot(snapshot)),
+        );
+    }
+    let reason = rogue.closed_by(parent_d, Duration::from_secs(10)).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("interest snapshots over")),
+        "{reason:?}"
+    );
+    rogue.shutdown().await;
+
+    let distinct: std::collections::BTreeSet<_> = [parent, parent_b, parent_c, parent_d].into();
+    let (mut ol, mut rl) = (0, 0);
+    for id in distinct {
+        let c = tree.counters(id).await;
+        ol += c.over_limit;
+        rl += c.rate_limited;
+    }
+    assert_eq!(ol, 3, "tags, delta and subtree each closed a link");
+    assert_eq!(rl, 1);
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_publish_as_another() {
+    let mut tree = Tree::start(1, 1, 2).await;
+    let victim = tree.clients[0].identity.node_id;
+    let mut rogue = Rogue::new(&tree, 990, CertRole::Client);
+    let (parent, addr) = rogue.get_placed(&tree).await;
+    rogue.attach(parent, addr, vec![]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tree.cluster.take_deliveries();
+    let forged = Multicast {
+        origin: victim,
+        key_tag: tree.tag,
+        origin_seq: 1,
+        key_seq: 1,
+        payload: bytes::Bytes::from_static(b"forged"),
+        last_hop: 990,
+    };
+    rogue.send(parent, addr, ControlMessage::new(Body::Multicast(forged)));
+    let reason = rogue.closed_by(parent, Duration::from_secs(10)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("claims node")),
+        "{reason:?}"
+    );
+    assert!(
+        tree.cluster
+            .next_delivery(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the forged multicast reached nobody"
+    );
+    rogue.shutdown().await;
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
