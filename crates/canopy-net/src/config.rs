@@ -45,6 +45,9 @@ pub struct NetConfig {
     pub max_connections: usize,
     /// How often live links are re-checked (expired peer certificates are closed).
     pub recheck_interval: Duration,
+    /// How long a peer whose link was closed for breaking the protocol or a bound (bad frames,
+    /// too many streams, control rate) is refused new connections. Zero: not at all.
+    pub ban_after_violation: Duration,
     /// QUIC keep-alive interval (keeps quiet links from idling out).
     pub keep_alive: Duration,
     /// QUIC idle timeout: a peer silent this long is gone.
@@ -62,6 +65,7 @@ impl Default for NetConfig {
             control_rate_per_link: 2_000,
             max_connections: 16_384,
             recheck_interval: Duration::from_secs(1),
+            ban_after_violation: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
         }

@@ -1,13 +1,18 @@
 //! The node's QUIC endpoint: accepts and dials links, keeps the link table, routes sends.
 //!
 //! The link table maps each peer to its live connections (normally one; two while both sides
-//! dialled each other at once) and to at most one dial in progress. Sends go to the newest
-//! live connection, or queue on the dial. A peer's `LinkUp` is emitted when it gets its first
+//! dialled each other at once) and to at most one dial in progress. Sends go to our own live
+//! dial, else the newest live connection, or queue on the dial in progress. A peer's `LinkUp` is emitted when it gets its first
 //! established connection, `LinkClosed` when its last connection (or dial) ends.
 //!
-//! One session per identity: a peer has at most one inbound connection. A newer inbound
-//! connection from the same node replaces the older one, which the node sees as `LinkClosed`
-//! (emitted once the old connection's readers have stopped) followed by `LinkUp`.
+//! One session per identity: a newer inbound connection from a node replaces the older
+//! inbound one, which the node sees as `LinkClosed` (emitted once the old connection's
+//! readers have stopped) followed by `LinkUp`. Against a live connection we dialled, ours
+//! keeps its place if it was established more than [`SIMULTANEOUS_DIAL_WINDOW`] earlier, and
+//! the inbound one is refused (`sessions_refused`); within that window both stay (the two nodes
+//! dialled each other at once, and neither side's queued messages may be lost), and sends
+//! prefer our own dial. A copied certificate therefore never takes over a node's place
+//! silently: its connection either replaces the node's inbound one, visibly, or is refused.
 //! Established connections are bounded by [`NetConfig::max_connections`]; inbound ones over
 //! the bound are refused before the handshake. Establishing and running connections is in
 //! `session`.
@@ -34,6 +39,11 @@ use crate::session;
 use crate::stats::{bump, Counters, NetStats};
 use crate::sweep::{self, PeerCert};
 use crate::tls::Credentials;
+
+/// Two nodes that dial each other at once each end up with an inbound and an outbound
+/// connection; an inbound connection that comes later than this after our own dial was
+/// established is a second session and is refused.
+pub const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(2);
 
 /// How long [`NetEndpoint::shutdown`] waits for connections to finish closing, and how long a
 /// replacing connection waits for the replaced one's readers to stop.
@@ -91,6 +101,17 @@ pub(crate) struct State {
     pub(crate) links: HashMap<NodeId, Vec<Link>>,
     pub(crate) next_link: u64,
     pub(crate) shut_down: bool,
+    /// Peers refused until the instant, with the reason (see [`NetEndpoint::ban`]).
+    pub(crate) banned: HashMap<NodeId, (tokio::time::Instant, String)>,
+}
+
+impl State {
+    /// Why `peer` is refused right now, if it is.
+    pub(crate) fn ban_of(&self, peer: NodeId) -> Option<String> {
+        let (until, reason) = self.banned.get(&peer)?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then(|| format!("{reason}; refused for another {left:.1?}"))
+    }
 }
 
 /// One connection to a peer, or a dial in progress (`conn` is `None`).
@@ -105,6 +126,8 @@ pub(crate) struct Link {
     /// Resolves (with an error) once the task running the link has ended and its readers
     /// have stopped.
     pub(crate) ended: Option<oneshot::Receiver<()>>,
+    /// When the connection was established.
+    pub(crate) established: Option<tokio::time::Instant>,
 }
 
 impl Link {
@@ -260,6 +283,24 @@ impl NetEndpoint {
         peers
     }
 
+    /// Closes the link(s) to `peer` with `reason` and refuses its new connections for `time`:
+    /// a peer that went over a bound does not get to repeat it at once on a fresh connection.
+    pub fn ban(&self, peer: NodeId, time: Duration, reason: &str) {
+        if !time.is_zero() {
+            let now = tokio::time::Instant::now();
+            let mut state = self.handle.shared.lock();
+            state.banned.retain(|_, (until, _)| *until > now);
+            state.banned.insert(peer, (now + time, reason.to_owned()));
+        }
+        warn!(
+            peer,
+            reason,
+            ?time,
+            "closing link and refusing the peer for a while"
+        );
+        self.handle.shared.close_peer(peer, CLOSE_IDENTITY, reason);
+    }
+
     /// Closes the link(s) to `peer` with a reason (sent as the QUIC close reason and logged).
     pub fn close_link(&self, peer: NodeId, reason: &str) {
         info!(peer, reason, "closing link");
@@ -363,10 +404,12 @@ fn queue_frame(
 
 /// The link to send on: the newest live connection, else the dial in progress.
 fn pick(links: &[Link]) -> Option<&Link> {
-    links
-        .iter()
-        .rev()
-        .find(|l| l.is_live())
+    // Our own dial first: it reached the node at the address we know for it. Then the newest
+    // inbound session, then a dial in progress.
+    let live = || links.iter().rev().filter(|l| l.is_live());
+    live()
+        .find(|l| !l.inbound)
+        .or_else(|| live().next())
         .or_else(|| links.iter().rev().find(|l| l.conn.is_none()))
 }
 
@@ -395,6 +438,7 @@ impl Shared {
             conn: None,
             inbound: false,
             cert: None,
+            established: None,
             ended: Some(ended_rx),
         });
         debug!(peer, %addr, "dialling");

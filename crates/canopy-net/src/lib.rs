@@ -55,7 +55,7 @@ pub mod tls;
 pub use authority::{Authority, SignatureError};
 pub use certs::{default_validity, parse_identity, CertError, CertificateAuthority, IssuedCert};
 pub use config::{NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE};
-pub use endpoint::NetEndpoint;
+pub use endpoint::{NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
 pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
 pub use link::{

@@ -12,15 +12,18 @@ use tracing::{debug, info, warn};
 
 use crate::certs::parse_identity;
 use crate::config::NetEvent;
-use crate::endpoint::{Link, Shared, SHUTDOWN_GRACE};
+use crate::endpoint::{Link, Shared, SHUTDOWN_GRACE, SIMULTANEOUS_DIAL_WINDOW};
 use crate::identity::{server_name_for, Identity, NodeId};
 use crate::limits::ReadLimits;
 use crate::link::{self, Cause, LinkEnd, LinkQueues, CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL};
 use crate::stats::{bump, ConnSlot};
 use crate::sweep::PeerCert;
 
-/// The close reason of an inbound session replaced by a newer one from the same node.
+/// The close reason of a session replaced by a newer one from the same node.
 const REPLACED: &str = "replaced by a newer connection from the same certificate";
+/// The close reason of an inbound connection refused because a session with the same
+/// certificate keeps its place.
+const REFUSED: &str = "a session with this certificate is already live";
 
 /// Where a connection being registered comes from.
 enum Origin {
@@ -56,10 +59,35 @@ impl Shared {
             return None;
         }
         let mut replaced = Vec::new();
+        // One session per certificate. A newer inbound connection replaces older inbound
+        // ones. Against our own dial, settled for longer than two nodes dialling each other
+        // at once would take, it is a second session and refused.
+        if let (Origin::Inbound { .. }, Some(ban)) = (&origin, state.ban_of(peer)) {
+            bump(&self.counters.refused_banned);
+            debug!(peer, remote = %conn.remote_address(), %ban, "refused a banned peer");
+            conn.close(CLOSE_IDENTITY, ban.as_bytes());
+            return None;
+        }
         if let (Origin::Inbound { .. }, Some(links)) = (&origin, state.links.get_mut(&peer)) {
+            let settled_dial = links.iter().any(|l| {
+                !l.inbound
+                    && l.is_live()
+                    && l.established
+                        .is_some_and(|at| at.elapsed() > SIMULTANEOUS_DIAL_WINDOW)
+            });
+            if settled_dial {
+                bump(&self.counters.sessions_refused);
+                warn!(
+                    peer,
+                    remote = %conn.remote_address(),
+                    "{REFUSED}"
+                );
+                conn.close(CLOSE_IDENTITY, REFUSED.as_bytes());
+                return None;
+            }
             let (old, keep): (Vec<Link>, Vec<Link>) = std::mem::take(links)
                 .into_iter()
-                .partition(|l| l.inbound && l.is_live());
+                .partition(|l| l.is_live() && l.inbound);
             *links = keep;
             for mut old in old {
                 if let Some(old_conn) = &old.conn {
@@ -89,6 +117,7 @@ impl Shared {
                     .find(|l| l.id == id)?;
                 link.conn = Some(conn.clone());
                 link.cert = Some(cert);
+                link.established = Some(tokio::time::Instant::now());
                 Some(Registered {
                     id,
                     queues,
@@ -106,6 +135,7 @@ impl Shared {
                     conn: Some(conn.clone()),
                     inbound: true,
                     cert: Some(cert),
+                    established: Some(tokio::time::Instant::now()),
                     ended: Some(ended),
                 });
                 Some(Registered {
@@ -162,6 +192,9 @@ impl Shared {
             } => {
                 warn!(peer = node, %reason, code = %code, "closed link");
                 self.count_close(cause);
+                if cause != Cause::Normal {
+                    self.ban(node, &reason);
+                }
                 reason
             }
             LinkEnd::Gone(reason) => reason,
@@ -171,6 +204,19 @@ impl Shared {
         if let Some(event) = self.remove_link(node, registered.id, reason) {
             let _ = self.events.control.send(event).await;
         }
+    }
+
+    /// Refuses `peer`'s new connections for `ban_after_violation` after it broke the protocol
+    /// or a bound, so it cannot repeat that at once on a fresh connection.
+    fn ban(&self, peer: NodeId, reason: &str) {
+        let time = self.config.ban_after_violation;
+        if time.is_zero() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        state.banned.retain(|_, (until, _)| *until > now);
+        state.banned.insert(peer, (now + time, reason.to_owned()));
     }
 
     /// Counts a close this side decided.

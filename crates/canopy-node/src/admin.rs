@@ -58,17 +58,27 @@ impl TreeSummary {
 }
 
 /// Answers one operator request and sends the response back to `from`.
+/// Operator requests a candidate answers at once; more are refused with "busy".
+pub(crate) const MAX_ADMIN_IN_FLIGHT: usize = 8;
+
 pub(crate) async fn answer_admin(
     group: Option<RootGroup>,
     net: NetEndpoint,
     from: NodeId,
     request: AdminRequest,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let mut response = AdminResponse {
         request_id: request.request_id,
         ..AdminResponse::default()
     };
     match (group, request.command) {
+        // Operator requests may wait on Raft; only so many are answered at once.
+        _ if permit.is_none() => {
+            response.error = format!(
+                "busy: {MAX_ADMIN_IN_FLIGHT} operator requests are being answered; try again"
+            );
+        }
         (None, _) => response.error = "this node is not a root candidate".into(),
         (_, None) => response.error = "empty admin request".into(),
         (Some(group), Some(Command::Status(_))) => {

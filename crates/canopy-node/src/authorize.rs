@@ -150,7 +150,7 @@ pub fn authorize(from: &Identity, msg: &ControlMessage, max_frame: usize) -> Res
             same_node(m.node_id)?;
             same_role(m.role)
         }
-        Body::NotLeader(_) | Body::AdoptChild(_) => may(is_rooty(role)),
+        Body::NotLeader(_) | Body::AdoptChild(_) | Body::ReleaseChild(_) => may(is_rooty(role)),
         Body::AssignParent(m) => {
             may(is_routing(role))?;
             same_node(m.parent_id)

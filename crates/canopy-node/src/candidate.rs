@@ -347,7 +347,8 @@ impl Runtime {
             Some(Body::AdminRequest(request)) => {
                 let group = self.candidate.as_ref().map(|c| c.group.clone());
                 let net = self.net.clone();
-                tokio::spawn(answer_admin(group, net, from.node_id, request));
+                let permit = self.admin_permits.clone().try_acquire_owned().ok();
+                tokio::spawn(answer_admin(group, net, from.node_id, request, permit));
                 None
             }
             Some(Body::AdminResponse(_)) => None,

@@ -376,6 +376,42 @@ address = "127.0.0.1:7400"
     }
 
     #[test]
+    fn the_documented_example_parses_with_the_documented_defaults() {
+        let doc = include_str!("../../../docs/operations.md");
+        let start = doc
+            .find("```toml\nlisten")
+            .expect("example in operations.md")
+            + 8;
+        let end = start + doc[start..].find("```").expect("end of example");
+        let c = NodeConfig::parse(&doc[start..end], Path::new("operations.md")).unwrap();
+        assert_eq!(c.limits, PeerLimits::default());
+        assert_eq!(c.timers, TimerConfig::default());
+    }
+
+    #[test]
+    fn limits_are_configurable_and_checked() {
+        let text = format!("{GOOD}\n[limits]\njoins_per_sec = 0.5\nmax_tags_per_delta = 100\n");
+        let c = NodeConfig::parse(&text, Path::new("n.toml")).unwrap();
+        assert_eq!(c.limits.joins_per_sec, 0.5);
+        assert_eq!(c.tree_config().unwrap().limits.max_tags_per_delta, 100);
+        let text = format!("{GOOD}\n[limits]\njoins_per_sec = 0\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml: limits.joins_per_sec:"), "{err}");
+        let text = format!("{GOOD}\n[limits]\nmax_connections = 0\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml: limits.max_connections:"), "{err}");
+        let text = format!("{GOOD}\n[limits]\nmax_tagz = 3\n");
+        let err = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tagz"), "{err}");
+    }
+
+    #[test]
     fn raft_profiles_and_bad_timers() {
         let lan = NodeConfig::parse(GOOD, Path::new("n.toml")).unwrap();
         let wan = format!("{GOOD}\n[raft]\nprofile = \"wan\"\n");

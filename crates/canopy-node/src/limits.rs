@@ -2,6 +2,7 @@
 //! sizes of message types and string fields, and rates of the messages that cost the node
 //! real work (join requests at the root, whole interest snapshots at a parent).
 
+use canopy_net::{CertRole, NetConfig};
 use canopy_proto::ControlMessage;
 use canopy_tree::{NodeId, TreeLimits};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,12 @@ pub struct PeerLimits {
     pub snapshots_per_sec: f64,
     /// Burst of snapshots above the rate.
     pub snapshot_burst: u32,
+    /// Interest changes (tags added or removed, tags in snapshots) per second one client link
+    /// may send; the burst is twice `max_tags_per_client_link`.
+    pub client_interest_tags_per_sec: f64,
+    /// The same for a router link (its whole subtree's changes); the burst is twice
+    /// `max_tags_per_router_link`.
+    pub router_interest_tags_per_sec: f64,
     /// A placement grant older than this is refused (ms; also the tolerated clock skew).
     pub placement_max_age_ms: u64,
     /// Most distinct key tags one client link may advertise.
@@ -43,27 +50,65 @@ pub struct PeerLimits {
     /// point the tree's dials at another host. Turn off only behind NAT or relays that
     /// change source addresses.
     pub check_join_address_ip: bool,
+    /// Established connections a node holds at most (transport).
+    pub max_connections: usize,
+    /// Non-multicast messages per second one link may carry (burst twice that); over it the
+    /// link is closed (transport).
+    pub control_rate_per_link: u32,
+    /// Multicasts per second read from one link; faster senders are slowed down, not closed
+    /// (transport).
+    pub data_rate_per_link: u32,
+    /// Bytes queued for sending on one link before the peer counts as too slow (transport).
+    pub max_queued_bytes_per_link: usize,
+    /// After a peer is refused for going over a bound, its new connections are refused for
+    /// this long (ms; 0: only its link is closed).
+    pub ban_ms: u64,
 }
 
 impl Default for PeerLimits {
     fn default() -> Self {
         let tree = TreeLimits::default();
+        let net = NetConfig::default();
         PeerLimits {
             joins_per_sec: 2.0,
             join_burst: 8,
             snapshots_per_sec: 5.0,
             snapshot_burst: 10,
+            client_interest_tags_per_sec: 4096.0,
+            router_interest_tags_per_sec: 131_072.0,
             placement_max_age_ms: tree.placement_max_age.as_millis() as u64,
             max_tags_per_client_link: tree.max_tags_per_client_link,
             max_tags_per_router_link: tree.max_tags_per_router_link,
             max_tags_per_delta: tree.max_tags_per_delta,
             max_subtree_nodes: tree.max_subtree_nodes,
             check_join_address_ip: true,
+            max_connections: net.max_connections,
+            control_rate_per_link: net.control_rate_per_link,
+            data_rate_per_link: net.data_rate_per_link,
+            max_queued_bytes_per_link: net.max_queued_bytes_per_link,
+            ban_ms: 10_000,
         }
     }
 }
 
 impl PeerLimits {
+    /// `net` with the transport bounds of these limits.
+    pub fn net_config(&self, net: NetConfig) -> NetConfig {
+        NetConfig {
+            max_connections: self.max_connections,
+            control_rate_per_link: self.control_rate_per_link,
+            data_rate_per_link: self.data_rate_per_link,
+            max_queued_bytes_per_link: self.max_queued_bytes_per_link,
+            ban_after_violation: self.ban(),
+            ..net
+        }
+    }
+
+    /// How long a refused peer's new connections are refused.
+    pub fn ban(&self) -> Duration {
+        Duration::from_millis(self.ban_ms)
+    }
+
     /// The bounds the tree state machine enforces.
     pub fn tree_limits(&self) -> TreeLimits {
         TreeLimits {
@@ -80,6 +125,14 @@ impl PeerLimits {
         let rates = [
             ("limits.joins_per_sec", self.joins_per_sec),
             ("limits.snapshots_per_sec", self.snapshots_per_sec),
+            (
+                "limits.client_interest_tags_per_sec",
+                self.client_interest_tags_per_sec,
+            ),
+            (
+                "limits.router_interest_tags_per_sec",
+                self.router_interest_tags_per_sec,
+            ),
         ];
         for (key, rate) in rates {
             if !(rate.is_finite() && rate > 0.0) {
@@ -91,6 +144,37 @@ impl PeerLimits {
             ("limits.snapshot_burst", self.snapshot_burst),
         ] {
             if burst == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        let counts = [
+            ("limits.max_connections", self.max_connections as u64),
+            (
+                "limits.control_rate_per_link",
+                u64::from(self.control_rate_per_link),
+            ),
+            (
+                "limits.data_rate_per_link",
+                u64::from(self.data_rate_per_link),
+            ),
+            (
+                "limits.max_queued_bytes_per_link",
+                self.max_queued_bytes_per_link as u64,
+            ),
+            ("limits.placement_max_age_ms", self.placement_max_age_ms),
+            (
+                "limits.max_tags_per_client_link",
+                self.max_tags_per_client_link as u64,
+            ),
+            (
+                "limits.max_tags_per_router_link",
+                self.max_tags_per_router_link as u64,
+            ),
+            ("limits.max_tags_per_delta", self.max_tags_per_delta as u64),
+            ("limits.max_subtree_nodes", self.max_subtree_nodes),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
                 return Err((key, "must be at least 1".into()));
             }
         }
@@ -110,6 +194,7 @@ pub fn max_encoded_len(msg: &ControlMessage, max_frame: usize) -> usize {
             | Body::Cull(_)
             | Body::Disconnect(_)
             | Body::ChildRemoved(_)
+            | Body::ReleaseChild(_)
             | Body::AdminRequest(_),
         ) => MAX_SMALL_CONTROL_BYTES.min(max_frame),
         _ => max_frame,
@@ -119,18 +204,66 @@ pub fn max_encoded_len(msg: &ControlMessage, max_frame: usize) -> usize {
 /// What a rate bound applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateKind {
+    /// Join requests (one token each).
     Join,
+    /// Whole interest snapshots (one token each).
     Snapshot,
+    /// Interest work from a client link: one token per tag added, removed or snapshotted.
+    ClientTags,
+    /// Interest work from a router link: one token per tag.
+    RouterTags,
 }
 
 impl RateKind {
-    /// The kind of rate `msg` counts against, if any.
-    pub fn of(msg: &ControlMessage) -> Option<RateKind> {
+    /// The rate bounds `msg` from a peer of `role` counts against, with their cost.
+    pub fn of(msg: &ControlMessage, role: CertRole) -> Vec<(RateKind, u64)> {
         use canopy_proto::Body;
-        match msg.body {
-            Some(Body::JoinRequest(_)) => Some(RateKind::Join),
-            Some(Body::Reattach(_) | Body::InterestSnapshot(_)) => Some(RateKind::Snapshot),
-            _ => None,
+        let tags = if role == CertRole::Client {
+            RateKind::ClientTags
+        } else {
+            RateKind::RouterTags
+        };
+        let count = |n: usize| n as u64;
+        match &msg.body {
+            Some(Body::JoinRequest(_)) => vec![(RateKind::Join, 1)],
+            Some(Body::Reattach(m)) => {
+                let n = m.interest.as_ref().map_or(0, |s| s.tags.len());
+                vec![(RateKind::Snapshot, 1), (tags, count(n))]
+            }
+            Some(Body::InterestSnapshot(m)) => {
+                vec![(RateKind::Snapshot, 1), (tags, count(m.tags.len()))]
+            }
+            Some(Body::Heartbeat(m)) => match &m.interest {
+                Some(d) => vec![(tags, count(d.add.len() + d.remove.len()))],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// Tokens per second, burst, and what the bound is called in a refusal.
+    fn params(self, limits: &PeerLimits) -> (f64, f64, &'static str) {
+        match self {
+            RateKind::Join => (
+                limits.joins_per_sec,
+                f64::from(limits.join_burst),
+                "join requests",
+            ),
+            RateKind::Snapshot => (
+                limits.snapshots_per_sec,
+                f64::from(limits.snapshot_burst),
+                "interest snapshots",
+            ),
+            RateKind::ClientTags => (
+                limits.client_interest_tags_per_sec,
+                2.0 * limits.max_tags_per_client_link as f64,
+                "interest tags",
+            ),
+            RateKind::RouterTags => (
+                limits.router_interest_tags_per_sec,
+                2.0 * limits.max_tags_per_router_link as f64,
+                "interest tags",
+            ),
         }
     }
 }
@@ -150,23 +283,20 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// Takes one token for `peer`'s message of `kind`; `Err` names the bound if none is left.
+    /// Takes `cost` tokens for `peer`'s message of `kind`; `Err` names the bound if there
+    /// are not enough.
     pub fn admit(
         &mut self,
         limits: &PeerLimits,
         peer: NodeId,
         kind: RateKind,
+        cost: u64,
         now: Instant,
     ) -> Result<(), String> {
-        let (rate, burst, what) = match kind {
-            RateKind::Join => (limits.joins_per_sec, limits.join_burst, "join requests"),
-            RateKind::Snapshot => (
-                limits.snapshots_per_sec,
-                limits.snapshot_burst,
-                "interest snapshots",
-            ),
-        };
-        let burst = f64::from(burst);
+        if cost == 0 {
+            return Ok(());
+        }
+        let (rate, burst, what) = kind.params(limits);
         self.admitted += 1;
         if self.admitted % 1024 == 0 {
             self.prune(limits, now);
@@ -178,8 +308,9 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.at);
         bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * rate).min(burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let cost = cost as f64;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             Ok(())
         } else {
             Err(format!("{what} over {rate}/s (burst {burst})"))
@@ -189,12 +320,9 @@ impl RateLimiter {
     /// Drops the buckets that have refilled completely (they hold no debt).
     fn prune(&mut self, limits: &PeerLimits, now: Instant) {
         self.buckets.retain(|(_, kind), bucket| {
-            let (rate, burst) = match kind {
-                RateKind::Join => (limits.joins_per_sec, limits.join_burst),
-                RateKind::Snapshot => (limits.snapshots_per_sec, limits.snapshot_burst),
-            };
+            let (rate, burst, _) = kind.params(limits);
             let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-            bucket.tokens + elapsed * rate < f64::from(burst)
+            bucket.tokens + elapsed * rate < burst
         });
     }
 
@@ -223,14 +351,42 @@ mod tests {
         let mut limiter = RateLimiter::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_ok());
+            assert!(limiter.admit(&limits, 7, RateKind::Join, 1, t0).is_ok());
         }
-        assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_err());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, t0).is_err());
         // Another peer and another kind have their own buckets.
-        assert!(limiter.admit(&limits, 8, RateKind::Join, t0).is_ok());
-        assert!(limiter.admit(&limits, 7, RateKind::Snapshot, t0).is_ok());
+        assert!(limiter.admit(&limits, 8, RateKind::Join, 1, t0).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Snapshot, 1, t0).is_ok());
         let later = t0 + Duration::from_millis(500);
-        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_ok());
-        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_err());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, later).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, later).is_err());
+    }
+
+    #[test]
+    fn interest_work_is_charged_per_tag() {
+        let limits = PeerLimits {
+            client_interest_tags_per_sec: 1000.0,
+            max_tags_per_client_link: 500,
+            ..PeerLimits::default()
+        };
+        let mut limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        // The burst is twice a full link: two whole snapshots, then the rate.
+        assert!(limiter
+            .admit(&limits, 7, RateKind::ClientTags, 500, t0)
+            .is_ok());
+        assert!(limiter
+            .admit(&limits, 7, RateKind::ClientTags, 500, t0)
+            .is_ok());
+        assert!(limiter
+            .admit(&limits, 7, RateKind::ClientTags, 1, t0)
+            .is_err());
+        let later = t0 + Duration::from_millis(100);
+        assert!(limiter
+            .admit(&limits, 7, RateKind::ClientTags, 100, later)
+            .is_ok());
+        assert!(limiter
+            .admit(&limits, 7, RateKind::ClientTags, 1, later)
+            .is_err());
     }
 }

@@ -288,6 +288,9 @@ fn spawn(
     let identity = net.identity().clone();
     let role =
         tree_role(identity.role).ok_or(SpawnError::AdminCertificate(identity.role.as_str()))?;
+    if let Some(group) = &group {
+        group.set_known_candidates(roots.iter().map(|r| r.id).collect());
+    }
     let mut node = Node::new(
         identity.node_id,
         role,
@@ -327,6 +330,9 @@ fn spawn(
         limits,
         rates: RateLimiter::default(),
         closing: HashSet::new(),
+        admin_permits: Arc::new(tokio::sync::Semaphore::new(
+            crate::admin::MAX_ADMIN_IN_FLIGHT,
+        )),
     };
     let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
@@ -359,8 +365,10 @@ pub(crate) struct Runtime {
     pub(crate) candidate: Option<Candidate>,
     limits: PeerLimits,
     rates: RateLimiter,
-    /// Peers whose link this node is closing for a refusal, until the link is gone.
+    /// Peers whose session this node closed for a refusal, until they open a new one.
     closing: HashSet<NodeId>,
+    /// Operator requests answered at once (each may wait on Raft).
+    pub(crate) admin_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runtime {
@@ -439,7 +447,7 @@ impl Runtime {
                 if let Err(refusal) = self.admit(&from, &msg) {
                     self.closing.insert(from.node_id);
                     warn!(node = self.node.id(), peer = from.node_id, %refusal, "refusing peer");
-                    self.net.close_link(from.node_id, &refusal);
+                    self.net.ban(from.node_id, self.limits.ban(), &refusal);
                     self.handle(Input::LinkClosed { peer: from.node_id });
                     return;
                 }
@@ -463,8 +471,9 @@ impl Runtime {
                 );
             }
             NetEvent::LinkClosed { peer, reason } => {
+                // `closing` is kept: what the old session still had in flight may arrive
+                // after this; only a new session (LinkUp) is looked at afresh.
                 debug!(node = self.node.id(), peer, %reason, "link closed");
-                self.closing.remove(&peer);
                 if let Some(candidate) = &self.candidate {
                     candidate.on_link_closed(peer);
                 }
@@ -480,10 +489,11 @@ impl Runtime {
             self.counters.refused += 1;
             return Err(refusal.to_string());
         }
-        if let Some(kind) = RateKind::of(msg) {
+        let now = Instant::now();
+        for (kind, cost) in RateKind::of(msg, from.role) {
             let admitted = self
                 .rates
-                .admit(&self.limits, from.node_id, kind, Instant::now());
+                .admit(&self.limits, from.node_id, kind, cost, now);
             if let Err(reason) = admitted {
                 self.counters.rate_limited += 1;
                 return Err(reason);
@@ -567,7 +577,7 @@ impl Runtime {
                 warn!(node = self.node.id(), peer, %reason, "closing the link of a peer over a bound");
                 self.counters.over_limit += 1;
                 self.closing.insert(peer);
-                self.net.close_link(peer, &reason);
+                self.net.ban(peer, self.limits.ban(), &reason);
             }
             Output::WakeAt(at) => {
                 let at = self.start + at.saturating_sub(self.start_wall);

@@ -43,6 +43,7 @@ impl ControlMessage {
             Some(Body::RaftResponse(_)) => "raft_response",
             Some(Body::AdminRequest(_)) => "admin_request",
             Some(Body::AdminResponse(_)) => "admin_response",
+            Some(Body::ReleaseChild(_)) => "release_child",
         }
     }
 }

@@ -5,8 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use canopy_proto::v1::{
     admin_request, disconnect, raft_request, AdminRequest, AdminResponse, AdoptChild, AssignParent,
     CandidateChange, ChildRemoved, Cull, Disconnect, Heartbeat, InterestDelta, InterestSnapshot,
-    JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach, Role, SignedPlacement,
-    SubtreeSize,
+    JoinRequest, Multicast, NotLeader, RaftRequest, RaftResponse, Reattach, ReleaseChild, Role,
+    SignedPlacement, SubtreeSize,
 };
 use canopy_proto::{Body, ControlMessage, FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
 use proptest::prelude::*;
@@ -30,9 +30,10 @@ fn variant_index(body: &Body) -> usize {
         Body::RaftResponse(_) => 12,
         Body::AdminRequest(_) => 13,
         Body::AdminResponse(_) => 14,
+        Body::ReleaseChild(_) => 15,
     }
 }
-const VARIANT_COUNT: usize = 15;
+const VARIANT_COUNT: usize = 16;
 
 /// One message of every type, with every field set to a non-default value.
 fn every_variant() -> Vec<ControlMessage> {
@@ -138,6 +139,10 @@ fn every_variant() -> Vec<ControlMessage> {
             status_json: "{}".into(),
             leader_hint: 2,
             leader_address: "10.0.0.2:7400".into(),
+        }),
+        Body::ReleaseChild(ReleaseChild {
+            child_id: 9,
+            assignment_id: 79,
         }),
     ];
     bodies.into_iter().map(ControlMessage::new).collect()
@@ -355,8 +360,8 @@ fn message_without_a_known_body_is_an_unknown_type() {
         &[],
         // Only an unknown field: number 100, varint 1.
         &[0xA0, 0x06, 0x01],
-        // Only an unknown length-delimited field: number 16 (the next free one), 2 bytes.
-        &[0x82, 0x01, 0x02, 0xAB, 0xCD],
+        // Only an unknown length-delimited field: number 17 (the next free one), 2 bytes.
+        &[0x8A, 0x01, 0x02, 0xAB, 0xCD],
     ];
     for body in bodies {
         let mut buf = raw_frame(body);

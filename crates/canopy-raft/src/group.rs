@@ -47,6 +47,8 @@ struct Inner {
     shut_down: AtomicBool,
     /// Raft requests refused: from a non-member, or claiming another node's leadership.
     refused: Arc<AtomicU64>,
+    /// Who may speak Raft to a candidate that knows no membership yet.
+    known: Mutex<Vec<CandidateId>>,
 }
 
 impl Drop for Inner {
@@ -160,6 +162,7 @@ impl RootGroup {
                 runtime,
                 shut_down: AtomicBool::new(false),
                 refused: Arc::new(AtomicU64::new(0)),
+                known: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -249,7 +252,9 @@ impl RootGroup {
                 true
             }
             Body::RaftResponse(response) => {
-                self.inner.rpc.complete(from, response);
+                if let Err(reason) = self.inner.rpc.complete(from, response) {
+                    self.refuse(from, &reason);
+                }
                 true
             }
             _ => false,
@@ -257,18 +262,39 @@ impl RootGroup {
     }
 
     /// Only the group's members (voters and learners) speak Raft to it. A candidate whose
-    /// membership is not known yet (a new learner before its first AppendEntries) hears any
-    /// root-candidate certificate; the transport has already checked that role.
+    /// membership is not known yet (a new learner before its first AppendEntries) hears only
+    /// the configured candidates ([`RootGroup::set_known_candidates`]).
     fn check_member(&self, from: CandidateId) -> Result<(), String> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
-        if membership.nodes().next().is_none() || membership.get_node(&from).is_some() {
+        let allowed = if membership.nodes().next().is_none() {
+            self.known_candidates().contains(&from)
+        } else {
+            membership.get_node(&from).is_some()
+        };
+        if allowed {
             Ok(())
         } else {
             Err(format!(
                 "raft request from candidate {from}, which is not a member of the group"
             ))
+        }
+    }
+
+    fn known_candidates(&self) -> Vec<CandidateId> {
+        self.inner
+            .known
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// The candidates this one may hear Raft from while it knows no membership yet (those of
+    /// its configuration). Without them, a candidate with no membership hears nobody.
+    pub fn set_known_candidates(&self, candidates: Vec<CandidateId>) {
+        if let Ok(mut known) = self.inner.known.lock() {
+            *known = candidates;
         }
     }
 

@@ -112,26 +112,30 @@ impl Rpc {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Completes the RPC the response answers, if `from` is the peer it was sent to.
-    pub fn complete(&self, from: CandidateId, response: RaftResponse) {
+    /// Completes the RPC the response answers, if `from` is the peer it was sent to. An
+    /// answer to a request that went to another peer is never legitimate: `Err` with the
+    /// reason (the caller closes that link).
+    pub fn complete(&self, from: CandidateId, response: RaftResponse) -> Result<(), String> {
         let mut pending = self.lock();
         match pending.get(&response.request_id) {
             Some(p) if p.peer == from => {
                 if let Some(p) = pending.remove(&response.request_id) {
                     let _ = p.tx.send(response);
                 }
+                Ok(())
             }
-            Some(p) => warn!(
-                from,
-                expected = p.peer,
-                id = response.request_id,
-                "raft response from the wrong peer, ignored"
-            ),
-            None => debug!(
-                from,
-                id = response.request_id,
-                "late raft response, ignored"
-            ),
+            Some(p) => Err(format!(
+                "raft response {} from candidate {from} answers a request sent to {}",
+                response.request_id, p.peer
+            )),
+            None => {
+                debug!(
+                    from,
+                    id = response.request_id,
+                    "late raft response, ignored"
+                );
+                Ok(())
+            }
         }
     }
 

@@ -46,9 +46,9 @@ fn a_router_cannot_move_a_node_or_wedge_it() {
     net.join(10, Role::Router);
     net.join(11, Role::Router);
     net.join(100, Role::Client);
-    let parent = net.parent(100);
     // No grant, a grant "from" the attacker, a grant for another node, a grant naming
     // another parent: all refused.
+    let parent = net.parent(100);
     net.inject(11, 100, assign(100, 11, u64::MAX, None, &net));
     net.inject(11, 100, assign(100, 11, u64::MAX, Some(11), &net));
     let mut wrong_child = assign(100, 11, u64::MAX, Some(ROOT), &net);
@@ -78,11 +78,7 @@ fn a_router_cannot_move_a_node_or_wedge_it() {
     net.run();
     assert_eq!(unauthorized(&net, 100), 4);
     assert_eq!(net.parent(100), parent);
-    // Even a well-formed grant with an absurd assignment id (which only a root could sign;
-    // the daemon checks signatures before the tree sees a grant) cannot wedge the node: once
-    // it rejoins, the root's ordinary placements are obeyed again.
-    net.inject(11, 100, assign(100, 11, u64::MAX, Some(ROOT), &net));
-    net.run();
+    // The victim still obeys the root: culled by its parent, it is placed again.
     let victim_parent = net.parent(100).expect("attached");
     net.inject(
         victim_parent,
@@ -96,6 +92,146 @@ fn a_router_cannot_move_a_node_or_wedge_it() {
     net.advance(ms(2000));
     let now_under = net.parent(100).expect("the victim rejoined");
     assert_eq!(net.view_parent(100), Some(now_under));
+}
+
+/// A former parent replaying the grant of its earlier placement after letting the node go
+/// gets nothing: assignment ids only rise.
+#[test]
+fn replayed_grants_of_earlier_placements_are_stale() {
+    let mut net = Net::new(config(), 1);
+    net.join(10, Role::Router);
+    net.join(100, Role::Client);
+    let parent = net.parent(100).expect("attached");
+    let replay = net
+        .delivered_between(parent, 100, |b| match b {
+            Body::AssignParent(a) => Some(a.clone()),
+            _ => None,
+        })
+        .pop()
+        .expect("the genuine assignment");
+    net.inject(
+        parent,
+        100,
+        Body::Disconnect(canopy_tree::proto::v1::Disconnect {
+            sender_id: parent,
+            reason: canopy_tree::proto::v1::disconnect::Reason::Leaving as i32,
+            rejoin: true,
+        }),
+    );
+    let out = net.inject(parent, 100, Body::AssignParent(replay));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(TreeEvent::Dropped {
+            reason: DropReason::StaleAssignment,
+            ..
+        })
+    )));
+    assert_eq!(
+        net.parent(100),
+        None,
+        "still joining, not back under the replayer"
+    );
+}
+
+/// The epoch and the root a placed node follows come from the root's grant, and a fresh
+/// join forgets what a parent claimed.
+#[test]
+fn a_parent_cannot_poison_the_epoch_for_good() {
+    let mut net = Net::new(config(), 1);
+    net.join(10, Role::Router);
+    net.join(100, Role::Client);
+    let parent = net.parent(100).expect("attached");
+    net.inject(
+        parent,
+        100,
+        Body::Heartbeat(Heartbeat {
+            sender_id: parent,
+            subtree: None,
+            topology_epoch: u64::MAX,
+            interest: None,
+            assignment_id: 0,
+            root_id: 0,
+        }),
+    );
+    assert_eq!(net.node(100).epoch(), u64::MAX);
+    net.inject(
+        parent,
+        100,
+        Body::Disconnect(canopy_tree::proto::v1::Disconnect {
+            sender_id: parent,
+            reason: canopy_tree::proto::v1::disconnect::Reason::Leaving as i32,
+            rejoin: true,
+        }),
+    );
+    net.advance(ms(2000));
+    assert!(net.parent(100).is_some());
+    assert_eq!(net.node(100).epoch(), net.root().epoch());
+}
+
+/// A node that asks to join again while attached is placed anew, and its old parent lets go:
+/// no node sits under two parents.
+#[test]
+fn a_second_placement_releases_the_first() {
+    let mut net = Net::new(config(), 1);
+    net.join(10, Role::Router);
+    net.join(11, Role::Router);
+    net.join(100, Role::Client);
+    let first = net.parent(100).expect("attached");
+    // The client asks again (a retry: the root keeps it away from the parent it has).
+    net.inject(
+        100,
+        ROOT,
+        Body::JoinRequest(canopy_tree::proto::v1::JoinRequest {
+            node_id: 100,
+            role: canopy_tree::proto::v1::Role::Client as i32,
+            region: REGION.into(),
+            address: String::new(),
+            attempt: 1,
+            subtree: None,
+        }),
+    );
+    net.run();
+    let second = net.parent(100).expect("attached");
+    assert_ne!(first, second);
+    let holders: Vec<u64> = [ROOT, 10, 11]
+        .into_iter()
+        .filter(|&p| net.child_ids(p).contains(&100))
+        .collect();
+    assert_eq!(holders, vec![second], "exactly one parent keeps the client");
+}
+
+/// A child cannot raise the assignment id of its link (its removal would then never match
+/// the root's view).
+#[test]
+fn a_child_cannot_raise_its_assignment_id() {
+    let mut net = Net::new(config(), 1);
+    net.join(10, Role::Router);
+    net.join(100, Role::Client);
+    let parent = net.parent(100).expect("attached");
+    let out = net.inject(
+        100,
+        parent,
+        Body::Reattach(canopy_tree::proto::v1::Reattach {
+            node_id: 100,
+            role: canopy_tree::proto::v1::Role::Client as i32,
+            assignment_id: u64::MAX,
+            subtree: None,
+            interest: None,
+        }),
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(TreeEvent::Dropped {
+            reason: DropReason::StaleAssignment,
+            ..
+        })
+    )));
+    let link = net
+        .node(parent)
+        .children()
+        .find(|c| c.id == 100)
+        .expect("still a child");
+    assert!(link.assignment_id < u64::MAX);
 }
 
 /// A grant older than the configured age is refused: a placement recorded earlier cannot be

@@ -497,6 +497,10 @@ fn assigned_twice() -> (Net, common::Sent, common::Sent) {
     net.deliver_one().unwrap();
     let second = net.take(|s| adopt_child(s.body()).is_some());
     assert_eq!(second.len(), 1);
+    // The root's release to the first parent is lost too: these tests exercise what settles
+    // false parents without it.
+    let released = net.take(|s| matches!(s.body(), Body::ReleaseChild(_)));
+    assert_eq!(released.len(), 1);
     assert_ne!(first[0].to, second[0].to);
     let a1 = adopt_child(first[0].body()).unwrap().assignment_id;
     let a2 = adopt_child(second[0].body()).unwrap().assignment_id;

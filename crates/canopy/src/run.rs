@@ -25,10 +25,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             identity.region
         );
     }
-    let net_config = NetConfig {
+    let net_config = config.limits.net_config(NetConfig {
         max_frame_len: config.max_frame_bytes,
+        // Live links are re-checked (certificate expiry) once per heartbeat.
+        recheck_interval: tree.heartbeat_interval,
         ..NetConfig::default()
-    };
+    });
     let (endpoint, events) = NetEndpoint::bind(config.listen, creds, net_config)
         .with_context(|| format!("binding {}", config.listen))?;
     let roots: Vec<RootCandidate> = config
@@ -115,9 +117,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
 
 /// A seed for the node's placement tie-breaking; it need not be secret, only differ
 /// between nodes and runs.
+/// The node's seed: OS randomness (std's `RandomState` keys) mixed with the clock. It also
+/// keys the node's filter hashing, so peers must not be able to guess it.
 fn seed_from_clock() -> u64 {
-    std::time::SystemTime::now()
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id())
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::collections::hash_map::RandomState::new().hash_one(nanos ^ u64::from(std::process::id()))
 }

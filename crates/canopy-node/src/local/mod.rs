@@ -51,7 +51,11 @@ impl Default for LocalClusterSpec {
             cluster: "local".into(),
             region: "local".into(),
             tree: fast_tree_config(),
-            net: NetConfig::default(),
+            // Live links are re-checked (certificate expiry) once per heartbeat.
+            net: NetConfig {
+                recheck_interval: fast_tree_config().heartbeat_interval,
+                ..NetConfig::default()
+            },
             seed: 1,
             candidates: 1,
             raft: RaftTimers::lan(),
@@ -260,6 +264,29 @@ impl LocalCluster {
         let id = self.next_client;
         self.next_client += 1;
         let (endpoint, events) = self.bind(id, CertRole::Client)?;
+        self.spawn(endpoint, events, subscriptions, self.roots.clone())
+    }
+
+    /// Starts a client whose certificate is valid only until `not_after` (for tests of
+    /// certificates that expire while their links live).
+    pub async fn add_client_expiring(
+        &mut self,
+        not_after: time::OffsetDateTime,
+        subscriptions: Vec<KeyTag>,
+    ) -> anyhow::Result<LocalNode> {
+        let id = self.next_client;
+        self.next_client += 1;
+        let identity = Identity {
+            cluster: self.spec.cluster.clone(),
+            node_id: id,
+            role: CertRole::Client,
+            region: self.spec.region.clone(),
+        };
+        let (not_before, _) = canopy_net::default_validity();
+        let issued = self.ca.issue(&identity, not_before, not_after)?;
+        let creds = Credentials::from_pem(&self.ca.cert_pem, &issued.cert_pem, &issued.key_pem)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (endpoint, events) = NetEndpoint::bind(addr, creds, self.spec.net.clone())?;
         self.spawn(endpoint, events, subscriptions, self.roots.clone())
     }
 

@@ -41,6 +41,7 @@ const ONE_CLIENT: SubtreeSize = SubtreeSize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_requests_are_bounded_in_size_fields_and_rate() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 2).await;
     let root = tree.root().await;
     let root_addr = tree.address(root);
@@ -115,6 +116,7 @@ async fn join_requests_are_bounded_in_size_fields_and_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interest_and_subtree_reports_are_bounded() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 2).await;
     let limits = canopy_node::limits::PeerLimits::default();
 
@@ -198,6 +200,7 @@ async fn interest_and_subtree_reports_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_publish_as_another() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 2).await;
     let victim = tree.clients[0].identity.node_id;
     let mut rogue = Rogue::new(&tree, 990, CertRole::Client);

@@ -3,7 +3,12 @@
 //! whole and every owed delivery arrives. See docs/security.md for the threat model.
 
 mod bounds;
+mod epoch;
 mod flood;
+mod interest_churn;
+mod multi_attach;
 mod placements;
 mod raft;
+mod raft_pristine;
+mod sessions;
 mod support;

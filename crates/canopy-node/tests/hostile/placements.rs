@@ -21,6 +21,7 @@ fn placement(child: NodeId, parent: NodeId, assignment_id: u64, root: NodeId) ->
         issued_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        topology_epoch: 1,
     }
     .encode_to_vec()
 }
@@ -47,6 +48,7 @@ fn assign(victim: NodeId, parent: NodeId, grant: Option<SignedPlacement>) -> Con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_assignments_move_nobody_and_wedge_nobody() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 2, 3).await;
     let root = tree.root().await;
     let victim = tree.clients[0].identity.node_id;
@@ -64,12 +66,14 @@ async fn forged_assignments_move_nobody_and_wedge_nobody() {
             .is_some_and(|r| r.contains("no placement grant")),
         "{reason:?}"
     );
+    // The victim now refuses router 950 for a while; another router certificate tries.
+    let mut router_b = Rogue::new(&tree, 954, CertRole::Router);
     let forged = signed_by(
-        router.endpoint.authority(),
-        placement(victim, 950, u64::MAX, root),
+        router_b.endpoint.authority(),
+        placement(victim, 954, u64::MAX, root),
     );
-    router.send(victim, victim_addr, assign(victim, 950, Some(forged)));
-    let reason = router.closed_by(victim, Duration::from_secs(10)).await;
+    router_b.send(victim, victim_addr, assign(victim, 954, Some(forged)));
+    let reason = router_b.closed_by(victim, Duration::from_secs(10)).await;
     assert!(
         reason
             .as_deref()
@@ -113,16 +117,18 @@ async fn forged_assignments_move_nobody_and_wedge_nobody() {
         })
         .await
         .expect("the victim takes the root's new placement");
-        assert_ne!(new_parent, 950);
+        assert!(new_parent != 950 && new_parent != 954);
     }
     tree.assert_whole_and_delivering().await;
     router.shutdown().await;
+    router_b.shutdown().await;
     stranger.shutdown().await;
     tree.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_serving_root_adopts_and_culls() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 2, 4).await;
     let router = tree.routers[0].identity.node_id;
     let router_addr = tree.address(router);

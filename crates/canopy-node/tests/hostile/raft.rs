@@ -25,6 +25,7 @@ fn append_entries(term: u64, leader: NodeId) -> ControlMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_from_non_members_and_impostors_is_refused() {
+    let _serial = crate::support::serial().await;
     let mut tree = Tree::start(3, 1, 2).await;
     let leader = tree.root().await;
     let group = tree

@@ -17,6 +17,14 @@ use canopy_tree::{KeyTag, NodeId};
 /// Generous: these machines are shared and slow.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs the suite's tests one at a time: each drives a whole cluster (the flood test at full
+/// speed), and two at once on a small machine would starve each other's heartbeats.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 /// A running tree: the candidates, routers and clients of a local cluster; every client
 /// wants [`Tree::tag`].
 pub struct Tree {

@@ -154,6 +154,8 @@ impl Cluster {
             snapshot_every: self.snapshot_every,
         };
         let group = RootGroup::open(config, net.clone()).await.expect("open");
+        // Every candidate id a test cluster uses; a pristine candidate hears only these.
+        group.set_known_candidates((1..=9).collect());
         let moved = self.addrs.insert(id, addr).is_some();
         if moved {
             for (peer, node) in &self.nodes {

@@ -2,7 +2,7 @@
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, InterestSnapshot,
-    Reattach, SignedPlacement, SubtreeSize,
+    Reattach, ReleaseChild, SignedPlacement, SubtreeSize,
 };
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
@@ -121,7 +121,7 @@ impl Node {
                         attached: false,
                         last_heard: now,
                         subtree: SubtreeSize::default(),
-                        interest: LinkInterest::new(fp_rate),
+                        interest: LinkInterest::new(fp_rate, self.filter_key),
                     },
                 );
                 out.push(Output::Event(TreeEvent::ChildAdopted { child }));
@@ -155,7 +155,9 @@ impl Node {
             self.dropped(from, "reattach", DropReason::Malformed, out);
             return;
         }
-        if reattach.assignment_id < link.assignment_id {
+        if reattach.assignment_id != link.assignment_id {
+            // Older: superseded. Newer: never issued for this link (a child cannot raise it,
+            // or its removal reports would no longer match the root's view).
             self.dropped(from, "reattach", DropReason::StaleAssignment, out);
             return;
         }
@@ -371,6 +373,37 @@ impl Node {
             return;
         }
         self.cull(count, now, out);
+    }
+
+    /// The root placed one of our children elsewhere: drop the link if it is older than that
+    /// placement. Only a root candidate may say so.
+    pub(super) fn on_release(
+        &mut self,
+        from: NodeId,
+        release: ReleaseChild,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.is_root_candidate(from) {
+            self.dropped(from, "release_child", DropReason::Unauthorized, out);
+            return;
+        }
+        self.release_child(release, now, out);
+    }
+
+    pub(super) fn release_child(
+        &mut self,
+        release: ReleaseChild,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let superseded = self
+            .children
+            .get(&release.child_id)
+            .is_some_and(|link| link.assignment_id < release.assignment_id);
+        if superseded {
+            self.remove_child(release.child_id, RemovalReason::Reassigned, now, out);
+        }
     }
 
     /// Ids of the children the node keeps, in id order.

@@ -16,10 +16,11 @@ use crate::{NodeId, Time};
 impl Node {
     /// Starts (or restarts) asking the root for a parent.
     pub(super) fn begin_join(&mut self, now: Time, out: &mut Vec<Output>) {
-        // A fresh join answers to fresh placements only: whatever assignment id was obeyed
-        // before (even an absurd one) must not make the root's next placement look stale.
-        // Replays of older grants are bounded by the grants' maximum age.
-        self.best_assignment = 0;
+        // What the old parent said of the epoch is not evidence: the next placement's signed
+        // grant sets it again (and raises EpochChanged, so a rejoined node catches up).
+        // Assignment ids are kept: the root's rise strictly, so a replayed grant of an
+        // earlier placement stays stale.
+        self.epoch = 0;
         self.joining = Some(JoinState {
             attempt: 0,
             retry_at: now + self.join_backoff(0),
@@ -117,14 +118,11 @@ impl Node {
             parent_address: Some(&assign.parent_address),
             assignment_id: assign.assignment_id,
         };
-        if self
-            .check_grant(assign.grant.as_ref(), &claimed, now)
-            .is_none()
-        {
+        let Some(placement) = self.check_grant(assign.grant.as_ref(), &claimed, now) else {
             // Not the serving root's decision: no node can move another on its own say.
             self.dropped(from, "assign_parent", DropReason::Unauthorized, out);
             return;
-        }
+        };
         if assign.assignment_id <= self.best_assignment {
             // A false parent: make it drop us rather than wait for its timeout.
             self.dropped(from, "assign_parent", DropReason::StaleAssignment, out);
@@ -151,7 +149,9 @@ impl Node {
         });
         self.joining = None;
         self.interest_flush_at = None;
-        self.observe_epoch(assign.topology_epoch, out);
+        // Epoch and root come from the root's signed grant, not from the parent.
+        self.observe_epoch(placement.topology_epoch, out);
+        self.observe_root(placement.root_id);
         let reattach = Reattach {
             node_id: self.id,
             role: self.role.to_proto() as i32,

@@ -5,7 +5,7 @@ mod leadership;
 mod membership;
 mod placement;
 
-pub use placement::placement_grant;
+pub use placement::{placement_grant, placement_grant_at_epoch};
 mod root;
 mod routing;
 
@@ -17,7 +17,7 @@ use canopy_proto::{Body, ControlMessage};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::interest::{FixedState, InterestTable};
+use crate::interest::{FilterKey, InterestTable};
 use crate::io::{DropReason, Input, Output, TreeEvent};
 use crate::{node_tag, KeyTag, NodeId, Role, Time, TreeConfig, TreeView};
 
@@ -88,7 +88,7 @@ pub struct Node {
     interest_flush_at: Option<Time>,
     requested_wake: Option<Time>,
     origin_seq: u64,
-    key_seqs: HashMap<KeyTag, u64, FixedState>,
+    key_seqs: HashMap<KeyTag, u64, std::collections::hash_map::RandomState>,
     /// Present while this node serves as root.
     root: Option<Box<RootState>>,
     /// A root candidate whose decisions go through Raft: it serves as root only between
@@ -96,6 +96,8 @@ pub struct Node {
     replicated: bool,
     /// The leader a replicated candidate last heard of (for redirecting joiners).
     known_leader: Option<NodeId>,
+    /// Hashes peers' tags before they enter this node's filters.
+    filter_key: FilterKey,
 }
 
 impl Node {
@@ -135,6 +137,7 @@ impl Node {
             root: None,
             replicated: false,
             known_leader: None,
+            filter_key: FilterKey::from_seed(seed),
         }
     }
 
@@ -226,6 +229,7 @@ impl Node {
             Body::Cull(cull) => self.on_cull(from, cull.count, now, out),
             Body::Disconnect(disconnect) => self.on_disconnect(from, disconnect, now, out),
             Body::ChildRemoved(removed) => self.root_on_child_removed(from, removed, now, out),
+            Body::ReleaseChild(release) => self.on_release(from, release, now, out),
             Body::Multicast(multicast) => self.on_multicast(from, multicast, out),
             // Raft and operator traffic belongs to the driver, never to the tree.
             Body::RaftRequest(_)

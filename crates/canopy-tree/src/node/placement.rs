@@ -31,6 +31,19 @@ pub fn placement_grant(
     assignment_id: u64,
     now: Time,
 ) -> SignedPlacement {
+    placement_grant_at_epoch(root, child, parent, parent_address, assignment_id, now, 0)
+}
+
+/// [`placement_grant`] made at topology epoch `epoch`.
+pub fn placement_grant_at_epoch(
+    root: NodeId,
+    child: NodeId,
+    parent: NodeId,
+    parent_address: String,
+    assignment_id: u64,
+    now: Time,
+    epoch: u64,
+) -> SignedPlacement {
     let placement = Placement {
         child_id: child,
         parent_id: parent,
@@ -38,6 +51,7 @@ pub fn placement_grant(
         assignment_id,
         root_id: root,
         issued_at_ms: u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+        topology_epoch: epoch,
     };
     SignedPlacement {
         placement: placement.encode_to_vec().into(),
@@ -56,7 +70,15 @@ impl Node {
         assignment_id: u64,
         now: Time,
     ) -> SignedPlacement {
-        placement_grant(self.id, child, parent, parent_address, assignment_id, now)
+        placement_grant_at_epoch(
+            self.id,
+            child,
+            parent,
+            parent_address,
+            assignment_id,
+            now,
+            self.epoch,
+        )
     }
 
     /// The placement in `grant` if it matches `claimed`, was made by a root candidate and is

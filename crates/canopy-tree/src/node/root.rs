@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
-    SignedPlacement,
+    ReleaseChild, SignedPlacement,
 };
 use canopy_proto::Body;
 use rand::Rng;
@@ -32,6 +32,8 @@ pub(super) enum HeldAction {
         assignment_id: u64,
         grant: SignedPlacement,
     },
+    /// The root itself lets go of a child placed elsewhere.
+    Release(ReleaseChild),
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +102,7 @@ impl Node {
         let Some(root) = self.root.as_mut() else {
             return;
         };
+        let previous_parent = root.view.get(from).and_then(|e| e.parent);
         // A retry means the last assignment did not reach the joiner: its parent may be dead.
         let exclude = (request.attempt > 0)
             .then(|| root.view.get(from).and_then(|e| e.parent))
@@ -166,6 +169,23 @@ impl Node {
             }
         };
         self.root_after_commit(action, now, out);
+        // The node may still be attached where it was (it asked again while attached): its
+        // old parent lets go, so no node sits under two parents.
+        if let Some(old) = previous_parent.filter(|&p| p != parent) {
+            let release = ReleaseChild {
+                child_id: from,
+                assignment_id,
+            };
+            let action = if old == self.id {
+                HeldAction::Release(release)
+            } else {
+                HeldAction::Send {
+                    to: old,
+                    body: Body::ReleaseChild(release),
+                }
+            };
+            self.root_after_commit(action, now, out);
+        }
     }
 
     /// A candidate that does not lead answers a joiner with the leader it knows of.
@@ -249,6 +269,7 @@ impl Node {
                 assignment_id,
                 grant,
             } => self.adopt(child, role, address, assignment_id, grant, now, out),
+            HeldAction::Release(release) => self.release_child(release, now, out),
         }
     }
 

@@ -1,0 +1,143 @@
+//! Sessions: one live session per certificate, control-message rates per link, and
+//! certificates re-checked while their links live.
+
+use std::time::Duration;
+
+use canopy_net::CertRole;
+use canopy_proto::v1::{Heartbeat, SubtreeSize};
+use canopy_proto::{Body, ControlMessage};
+use canopy_tree::NodeId;
+
+use crate::support::{Rogue, Tree};
+
+fn heartbeat(id: NodeId) -> ControlMessage {
+    ControlMessage::new(Body::Heartbeat(Heartbeat {
+        sender_id: id,
+        subtree: Some(SubtreeSize {
+            clients: 1,
+            routers: 0,
+        }),
+        topology_epoch: 0,
+        interest: None,
+        assignment_id: 0,
+        root_id: 0,
+    }))
+}
+
+/// Copies of live certificates connect where the real nodes have sessions: a node keeps one
+/// session per certificate, so the copy either replaces the real node's session or is
+/// refused, explicitly, logged and counted; once the copies are gone the tree is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_certificate_never_shares_a_session_silently() {
+    let _serial = crate::support::serial().await;
+    let mut tree = Tree::start(1, 1, 3).await;
+    let root = tree.root().await;
+
+    // The parent dialled the client (to place it): its settled dial keeps its place and the
+    // copy is refused.
+    let victim = tree.clients[0].identity.node_id;
+    let parent = tree.parent(victim).await.expect("placed");
+    let parent_addr = tree.address(parent);
+    tokio::time::sleep(canopy_net::SIMULTANEOUS_DIAL_WINDOW).await;
+    let before = tree.cluster.node(parent).unwrap().handle.net_stats();
+    let mut copy = Rogue::new(&tree, victim, CertRole::Client);
+    copy.send(parent, parent_addr, heartbeat(victim));
+    let reason = copy.closed_by(parent, Duration::from_secs(10)).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("already live")),
+        "{reason:?}"
+    );
+    let after = tree.cluster.node(parent).unwrap().handle.net_stats();
+    assert_eq!(after.sessions_refused - before.sessions_refused, 1);
+    assert_eq!(tree.parent(victim).await, Some(parent));
+    copy.shutdown().await;
+
+    // The router dialled the root (to join): a copy's newer inbound connection replaces that
+    // session, and the real router, cut off, comes back on its own.
+    let router = tree.routers[0].identity.node_id;
+    let before = tree.cluster.node(root).unwrap().handle.net_stats();
+    let copy = Rogue::new(&tree, router, CertRole::Router);
+    copy.send(root, tree.address(root), heartbeat(router));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = tree.cluster.node(root).unwrap().handle.net_stats();
+    // The copy replaced the router's session; the router, cut off, rejoins and replaces the
+    // copy's in turn.
+    assert!(after.sessions_replaced - before.sessions_replaced >= 1);
+    copy.shutdown().await;
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
+
+/// A peer sending control messages faster than its link's bound is closed; the rest of
+/// the tree does not notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_floods_close_the_flooders_link() {
+    let _serial = crate::support::serial().await;
+    let mut tree = Tree::start(1, 1, 2).await;
+    let root = tree.root().await;
+    // The rogue's own send queue holds the whole flood.
+    let creds = tree.cluster.credentials(995, CertRole::Client).unwrap();
+    let roomy = canopy_net::NetConfig {
+        control_queue: 1 << 16,
+        ..canopy_net::NetConfig::default()
+    };
+    let mut rogue = Rogue::with_config(creds, roomy);
+    for _ in 0..20_000 {
+        rogue.send(root, tree.address(root), heartbeat(995));
+    }
+    let reason = rogue.closed_by(root, Duration::from_secs(10)).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("control message rate")),
+        "{reason:?}"
+    );
+    let stats = tree.cluster.node(root).unwrap().handle.net_stats();
+    assert_eq!(stats.closed_control_rate, 1);
+    rogue.shutdown().await;
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
+
+/// A client whose certificate expires while it is attached loses its links within about a
+/// heartbeat and cannot come back; everyone else keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_loses_its_links() {
+    let _serial = crate::support::serial().await;
+    let mut tree = Tree::start(1, 1, 2).await;
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let doomed = tree
+        .cluster
+        .add_client_expiring(expires, vec![tree.tag])
+        .await
+        .unwrap();
+    let id = doomed.identity.node_id;
+    tree.settle(tree.size() + 1).await;
+    let parent = tree.parent(id).await.expect("attached before expiry");
+
+    let wait = (expires - time::OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
+    let stats = tree.cluster.node(parent).unwrap().handle.net_stats();
+    assert!(stats.closed_expired >= 1, "{stats:?}");
+    let children = tree
+        .cluster
+        .node(parent)
+        .unwrap()
+        .handle
+        .status()
+        .await
+        .unwrap()
+        .children;
+    assert!(
+        children.iter().all(|c| c.id != id),
+        "the expired client was dropped"
+    );
+    // It keeps trying to rejoin; every handshake is refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tree.parent(id).await, None, "it did not come back");
+    doomed.handle.shutdown().await;
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
