@@ -5,14 +5,13 @@
 //! dial, else the newest live connection, or queue on the dial in progress. A peer's `LinkUp` is emitted when it gets its first
 //! established connection, `LinkClosed` when its last connection (or dial) ends.
 //!
-//! One session per identity: a newer inbound connection from a node replaces the older
-//! inbound one, which the node sees as `LinkClosed` (emitted once the old connection's
-//! readers have stopped) followed by `LinkUp`. Against a live connection we dialled, ours
-//! keeps its place if it was established more than [`SIMULTANEOUS_DIAL_WINDOW`] earlier, and
-//! the inbound one is refused (`sessions_refused`); within that window both stay (the two nodes
-//! dialled each other at once, and neither side's queued messages may be lost), and sends
-//! prefer our own dial. A copied certificate therefore never takes over a node's place
-//! silently: its connection either replaces the node's inbound one, visibly, or is refused.
+//! One session per identity: a newer inbound connection from a node replaces its older
+//! connections, which the node sees as `LinkClosed` (emitted once the old connection's
+//! readers have stopped) followed by `LinkUp`, logged at warn and counted
+//! (`sessions_replaced`). Only our own dial established within [`SIMULTANEOUS_DIAL_WINDOW`]
+//! stays beside it (the two nodes dialled each other at once, and neither side's queued
+//! messages may be lost); sends prefer our own dial. A restarted peer so takes its place at
+//! once, and a copy of a certificate never shares a node's place silently.
 //! Established connections are bounded by [`NetConfig::max_connections`]; inbound ones over
 //! the bound are refused before the handshake. Establishing and running connections is in
 //! `session`.
@@ -42,7 +41,7 @@ use crate::tls::Credentials;
 
 /// Two nodes that dial each other at once each end up with an inbound and an outbound
 /// connection; an inbound connection that comes later than this after our own dial was
-/// established is a second session and is refused.
+/// established is a new session and replaces our dial.
 pub const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(2);
 
 /// How long [`NetEndpoint::shutdown`] waits for connections to finish closing, and how long a

@@ -21,9 +21,6 @@ use crate::sweep::PeerCert;
 
 /// The close reason of a session replaced by a newer one from the same node.
 const REPLACED: &str = "replaced by a newer connection from the same certificate";
-/// The close reason of an inbound connection refused because a session with the same
-/// certificate keeps its place.
-const REFUSED: &str = "a session with this certificate is already live";
 
 /// Where a connection being registered comes from.
 enum Origin {
@@ -59,9 +56,7 @@ impl Shared {
             return None;
         }
         let mut replaced = Vec::new();
-        // One session per certificate. A newer inbound connection replaces older inbound
-        // ones. Against our own dial, settled for longer than two nodes dialling each other
-        // at once would take, it is a second session and refused.
+        // One session per certificate: a newer inbound connection replaces the older ones.
         if let (Origin::Inbound { .. }, Some(ban)) = (&origin, state.ban_of(peer)) {
             bump(&self.counters.refused_banned);
             debug!(peer, remote = %conn.remote_address(), %ban, "refused a banned peer");
@@ -69,25 +64,17 @@ impl Shared {
             return None;
         }
         if let (Origin::Inbound { .. }, Some(links)) = (&origin, state.links.get_mut(&peer)) {
-            let settled_dial = links.iter().any(|l| {
-                !l.inbound
-                    && l.is_live()
-                    && l.established
-                        .is_some_and(|at| at.elapsed() > SIMULTANEOUS_DIAL_WINDOW)
-            });
-            if settled_dial {
-                bump(&self.counters.sessions_refused);
-                warn!(
-                    peer,
-                    remote = %conn.remote_address(),
-                    "{REFUSED}"
-                );
-                conn.close(CLOSE_IDENTITY, REFUSED.as_bytes());
-                return None;
-            }
-            let (old, keep): (Vec<Link>, Vec<Link>) = std::mem::take(links)
-                .into_iter()
-                .partition(|l| l.is_live() && l.inbound);
+            // Our own dial stays only if it is as young as a simultaneous dial would be: a
+            // later connection with the same certificate is a new session (the peer
+            // restarted, or a copy of its certificate came up) and takes the place, visibly.
+            let superseded = |l: &Link| {
+                l.is_live()
+                    && (l.inbound
+                        || l.established
+                            .is_some_and(|at| at.elapsed() > SIMULTANEOUS_DIAL_WINDOW))
+            };
+            let (old, keep): (Vec<Link>, Vec<Link>) =
+                std::mem::take(links).into_iter().partition(superseded);
             *links = keep;
             for mut old in old {
                 if let Some(old_conn) = &old.conn {
@@ -192,7 +179,9 @@ impl Shared {
             } => {
                 warn!(peer = node, %reason, code = %code, "closed link");
                 self.count_close(cause);
-                if cause != Cause::Normal {
+                // Bound violations are banned for a while; an undecodable frame may be a
+                // peer one protocol version apart and only closes the link.
+                if matches!(cause, Cause::ControlRate | Cause::Streams) {
                     self.ban(node, &reason);
                 }
                 reason

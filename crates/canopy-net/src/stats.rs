@@ -17,9 +17,6 @@ pub struct NetStats {
     pub handshakes_failed: u64,
     /// Sessions closed because a newer connection from the same certificate took their place.
     pub sessions_replaced: u64,
-    /// Inbound connections refused because a session with the same certificate is live and
-    /// keeps its place (our own dial, settled before the peer dialled us).
-    pub sessions_refused: u64,
     /// Inbound connections refused because their peer is banned for a while after going over
     /// a bound ([`NetEndpoint::ban`](crate::NetEndpoint::ban)).
     pub refused_banned: u64,
@@ -48,7 +45,6 @@ pub(crate) struct Counters {
     pub refused_identity: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub sessions_replaced: AtomicU64,
-    pub sessions_refused: AtomicU64,
     pub refused_banned: AtomicU64,
     pub closed_protocol: AtomicU64,
     pub closed_control_rate: AtomicU64,
@@ -73,7 +69,6 @@ impl Counters {
             refused_identity: get(&self.refused_identity),
             handshakes_failed: get(&self.handshakes_failed),
             sessions_replaced: get(&self.sessions_replaced),
-            sessions_refused: get(&self.sessions_refused),
             refused_banned: get(&self.refused_banned),
             closed_protocol: get(&self.closed_protocol),
             closed_control_rate: get(&self.closed_control_rate),

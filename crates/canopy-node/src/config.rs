@@ -320,6 +320,8 @@ fn config_key(setting: &str) -> &'static str {
         "max_tags_per_router_link" => "limits.max_tags_per_router_link",
         "max_tags_per_delta" => "limits.max_tags_per_delta",
         "max_subtree_nodes" => "limits.max_subtree_nodes",
+        "client_interest_tags_per_sec" => "limits.client_interest_tags_per_sec",
+        "router_interest_tags_per_sec" => "limits.router_interest_tags_per_sec",
         _ => "timers",
     }
 }

@@ -2,7 +2,7 @@
 //! sizes of message types and string fields, and rates of the messages that cost the node
 //! real work (join requests at the root, whole interest snapshots at a parent).
 
-use canopy_net::{CertRole, NetConfig};
+use canopy_net::NetConfig;
 use canopy_proto::ControlMessage;
 use canopy_tree::{NodeId, TreeLimits};
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,9 @@ pub struct PeerLimits {
     pub snapshots_per_sec: f64,
     /// Burst of snapshots above the rate.
     pub snapshot_burst: u32,
-    /// Interest changes (tags added or removed, tags in snapshots) per second one client link
-    /// may send; the burst is twice `max_tags_per_client_link`.
+    /// Interest work (tags added or removed, and tags in a snapshot together with the set it
+    /// replaces) per second one client link may cause; the burst is twice
+    /// `max_tags_per_client_link`. Nodes pace their own changes under it.
     pub client_interest_tags_per_sec: f64,
     /// The same for a router link (its whole subtree's changes); the burst is twice
     /// `max_tags_per_router_link`.
@@ -74,8 +75,8 @@ impl Default for PeerLimits {
             join_burst: 8,
             snapshots_per_sec: 5.0,
             snapshot_burst: 10,
-            client_interest_tags_per_sec: 4096.0,
-            router_interest_tags_per_sec: 131_072.0,
+            client_interest_tags_per_sec: tree.client_interest_tags_per_sec,
+            router_interest_tags_per_sec: tree.router_interest_tags_per_sec,
             placement_max_age_ms: tree.placement_max_age.as_millis() as u64,
             max_tags_per_client_link: tree.max_tags_per_client_link,
             max_tags_per_router_link: tree.max_tags_per_router_link,
@@ -117,6 +118,8 @@ impl PeerLimits {
             max_tags_per_router_link: self.max_tags_per_router_link,
             max_tags_per_delta: self.max_tags_per_delta,
             max_subtree_nodes: self.max_subtree_nodes,
+            client_interest_tags_per_sec: self.client_interest_tags_per_sec,
+            router_interest_tags_per_sec: self.router_interest_tags_per_sec,
         }
     }
 
@@ -125,14 +128,6 @@ impl PeerLimits {
         let rates = [
             ("limits.joins_per_sec", self.joins_per_sec),
             ("limits.snapshots_per_sec", self.snapshots_per_sec),
-            (
-                "limits.client_interest_tags_per_sec",
-                self.client_interest_tags_per_sec,
-            ),
-            (
-                "limits.router_interest_tags_per_sec",
-                self.router_interest_tags_per_sec,
-            ),
         ];
         for (key, rate) in rates {
             if !(rate.is_finite() && rate > 0.0) {
@@ -201,43 +196,24 @@ pub fn max_encoded_len(msg: &ControlMessage, max_frame: usize) -> usize {
     }
 }
 
-/// What a rate bound applies to.
+/// What a rate bound applies to. (Interest work per tag is the tree's to charge: it knows
+/// what a snapshot replaces.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateKind {
-    /// Join requests (one token each).
+    /// Join requests.
     Join,
-    /// Whole interest snapshots (one token each).
+    /// Whole interest snapshots (`Reattach`, `InterestSnapshot`).
     Snapshot,
-    /// Interest work from a client link: one token per tag added, removed or snapshotted.
-    ClientTags,
-    /// Interest work from a router link: one token per tag.
-    RouterTags,
 }
 
 impl RateKind {
-    /// The rate bounds `msg` from a peer of `role` counts against, with their cost.
-    pub fn of(msg: &ControlMessage, role: CertRole) -> Vec<(RateKind, u64)> {
+    /// The rate bound `msg` counts against, if any.
+    pub fn of(msg: &ControlMessage) -> Option<RateKind> {
         use canopy_proto::Body;
-        let tags = if role == CertRole::Client {
-            RateKind::ClientTags
-        } else {
-            RateKind::RouterTags
-        };
-        let count = |n: usize| n as u64;
-        match &msg.body {
-            Some(Body::JoinRequest(_)) => vec![(RateKind::Join, 1)],
-            Some(Body::Reattach(m)) => {
-                let n = m.interest.as_ref().map_or(0, |s| s.tags.len());
-                vec![(RateKind::Snapshot, 1), (tags, count(n))]
-            }
-            Some(Body::InterestSnapshot(m)) => {
-                vec![(RateKind::Snapshot, 1), (tags, count(m.tags.len()))]
-            }
-            Some(Body::Heartbeat(m)) => match &m.interest {
-                Some(d) => vec![(tags, count(d.add.len() + d.remove.len()))],
-                None => Vec::new(),
-            },
-            _ => Vec::new(),
+        match msg.body {
+            Some(Body::JoinRequest(_)) => Some(RateKind::Join),
+            Some(Body::Reattach(_) | Body::InterestSnapshot(_)) => Some(RateKind::Snapshot),
+            _ => None,
         }
     }
 
@@ -253,16 +229,6 @@ impl RateKind {
                 limits.snapshots_per_sec,
                 f64::from(limits.snapshot_burst),
                 "interest snapshots",
-            ),
-            RateKind::ClientTags => (
-                limits.client_interest_tags_per_sec,
-                2.0 * limits.max_tags_per_client_link as f64,
-                "interest tags",
-            ),
-            RateKind::RouterTags => (
-                limits.router_interest_tags_per_sec,
-                2.0 * limits.max_tags_per_router_link as f64,
-                "interest tags",
             ),
         }
     }
@@ -283,19 +249,14 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// Takes `cost` tokens for `peer`'s message of `kind`; `Err` names the bound if there
-    /// are not enough.
+    /// Takes one token for `peer`'s message of `kind`; `Err` names the bound if none is left.
     pub fn admit(
         &mut self,
         limits: &PeerLimits,
         peer: NodeId,
         kind: RateKind,
-        cost: u64,
         now: Instant,
     ) -> Result<(), String> {
-        if cost == 0 {
-            return Ok(());
-        }
         let (rate, burst, what) = kind.params(limits);
         self.admitted += 1;
         if self.admitted % 1024 == 0 {
@@ -308,9 +269,8 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.at);
         bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * rate).min(burst);
         bucket.at = now;
-        let cost = cost as f64;
-        if bucket.tokens >= cost {
-            bucket.tokens -= cost;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
             Ok(())
         } else {
             Err(format!("{what} over {rate}/s (burst {burst})"))
@@ -351,42 +311,14 @@ mod tests {
         let mut limiter = RateLimiter::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.admit(&limits, 7, RateKind::Join, 1, t0).is_ok());
+            assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_ok());
         }
-        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, t0).is_err());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, t0).is_err());
         // Another peer and another kind have their own buckets.
-        assert!(limiter.admit(&limits, 8, RateKind::Join, 1, t0).is_ok());
-        assert!(limiter.admit(&limits, 7, RateKind::Snapshot, 1, t0).is_ok());
+        assert!(limiter.admit(&limits, 8, RateKind::Join, t0).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Snapshot, t0).is_ok());
         let later = t0 + Duration::from_millis(500);
-        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, later).is_ok());
-        assert!(limiter.admit(&limits, 7, RateKind::Join, 1, later).is_err());
-    }
-
-    #[test]
-    fn interest_work_is_charged_per_tag() {
-        let limits = PeerLimits {
-            client_interest_tags_per_sec: 1000.0,
-            max_tags_per_client_link: 500,
-            ..PeerLimits::default()
-        };
-        let mut limiter = RateLimiter::default();
-        let t0 = Instant::now();
-        // The burst is twice a full link: two whole snapshots, then the rate.
-        assert!(limiter
-            .admit(&limits, 7, RateKind::ClientTags, 500, t0)
-            .is_ok());
-        assert!(limiter
-            .admit(&limits, 7, RateKind::ClientTags, 500, t0)
-            .is_ok());
-        assert!(limiter
-            .admit(&limits, 7, RateKind::ClientTags, 1, t0)
-            .is_err());
-        let later = t0 + Duration::from_millis(100);
-        assert!(limiter
-            .admit(&limits, 7, RateKind::ClientTags, 100, later)
-            .is_ok());
-        assert!(limiter
-            .admit(&limits, 7, RateKind::ClientTags, 1, later)
-            .is_err());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_ok());
+        assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The task that owns one tree node: it feeds network events, timers and application
 //! commands into the state machine and carries out what comes back.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +22,9 @@ use crate::candidate::{Candidate, CandidateChannels};
 use crate::grants;
 use crate::limits::{PeerLimits, RateKind, RateLimiter};
 use crate::{authorize, tree_role};
+
+/// How long a refused peer's in-flight messages are ignored if it does not come back.
+const CLOSING_MEMORY: Duration = Duration::from_secs(60);
 
 /// Deliveries waiting for the application before new ones are dropped (and counted).
 const DELIVERY_QUEUE: usize = 1 << 16;
@@ -329,7 +332,7 @@ fn spawn(
         candidate,
         limits,
         rates: RateLimiter::default(),
-        closing: HashSet::new(),
+        closing: HashMap::new(),
         admin_permits: Arc::new(tokio::sync::Semaphore::new(
             crate::admin::MAX_ADMIN_IN_FLIGHT,
         )),
@@ -365,8 +368,9 @@ pub(crate) struct Runtime {
     pub(crate) candidate: Option<Candidate>,
     limits: PeerLimits,
     rates: RateLimiter,
-    /// Peers whose session this node closed for a refusal, until they open a new one.
-    closing: HashSet<NodeId>,
+    /// Peers whose session this node closed for a refusal (and when), until they open a new
+    /// one; entries older than a minute are dropped, so the map stays small.
+    closing: HashMap<NodeId, Instant>,
     /// Operator requests answered at once (each may wait on Raft).
     pub(crate) admin_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -440,12 +444,12 @@ impl Runtime {
                 } else {
                     self.counters.control_received += 1;
                 }
-                if self.closing.contains(&from.node_id) {
+                if self.closing.contains_key(&from.node_id) {
                     // Already refused: what was in flight behind the refusal is not looked at.
                     return;
                 }
                 if let Err(refusal) = self.admit(&from, &msg) {
-                    self.closing.insert(from.node_id);
+                    self.mark_closing(from.node_id);
                     warn!(node = self.node.id(), peer = from.node_id, %refusal, "refusing peer");
                     self.net.ban(from.node_id, self.limits.ban(), &refusal);
                     self.handle(Input::LinkClosed { peer: from.node_id });
@@ -489,11 +493,10 @@ impl Runtime {
             self.counters.refused += 1;
             return Err(refusal.to_string());
         }
-        let now = Instant::now();
-        for (kind, cost) in RateKind::of(msg, from.role) {
+        if let Some(kind) = RateKind::of(msg) {
             let admitted = self
                 .rates
-                .admit(&self.limits, from.node_id, kind, cost, now);
+                .admit(&self.limits, from.node_id, kind, Instant::now());
             if let Err(reason) = admitted {
                 self.counters.rate_limited += 1;
                 return Err(reason);
@@ -508,6 +511,13 @@ impl Runtime {
             return Err(reason);
         }
         Ok(())
+    }
+
+    fn mark_closing(&mut self, peer: NodeId) {
+        let now = Instant::now();
+        self.closing
+            .retain(|_, at| now.saturating_duration_since(*at) < CLOSING_MEMORY);
+        self.closing.insert(peer, now);
     }
 
     /// A joiner's address must be on the host its connection comes from.
@@ -576,7 +586,7 @@ impl Runtime {
             Output::CloseLink { peer, reason } => {
                 warn!(node = self.node.id(), peer, %reason, "closing the link of a peer over a bound");
                 self.counters.over_limit += 1;
-                self.closing.insert(peer);
+                self.mark_closing(peer);
                 self.net.ban(peer, self.limits.ban(), &reason);
             }
             Output::WakeAt(at) => {

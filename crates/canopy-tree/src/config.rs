@@ -49,6 +49,11 @@ pub struct TreeLimits {
     pub max_tags_per_delta: usize,
     /// Largest subtree (clients plus routers) a child may report.
     pub max_subtree_nodes: u64,
+    /// Interest work (tags added, removed, or in a snapshot together with the set it
+    /// replaces) per second a client link may cause; the burst is twice the link's tag bound.
+    pub client_interest_tags_per_sec: f64,
+    /// The same for a router link (its whole subtree's changes).
+    pub router_interest_tags_per_sec: f64,
 }
 
 impl Default for TreeLimits {
@@ -60,6 +65,8 @@ impl Default for TreeLimits {
             max_tags_per_router_link: 120_000,
             max_tags_per_delta: 16_384,
             max_subtree_nodes: 100_000_000,
+            client_interest_tags_per_sec: 4096.0,
+            router_interest_tags_per_sec: 131_072.0,
         }
     }
 }
@@ -153,6 +160,20 @@ impl TreeConfig {
         }
         if l.max_subtree_nodes == 0 {
             return Err(ConfigError::ZeroLimit("max_subtree_nodes"));
+        }
+        for (name, rate) in [
+            (
+                "client_interest_tags_per_sec",
+                l.client_interest_tags_per_sec,
+            ),
+            (
+                "router_interest_tags_per_sec",
+                l.router_interest_tags_per_sec,
+            ),
+        ] {
+            if !(rate.is_finite() && rate >= 1.0) {
+                return Err(ConfigError::ZeroLimit(name));
+            }
         }
         Ok(())
     }

@@ -25,46 +25,44 @@ fn heartbeat(id: NodeId) -> ControlMessage {
 }
 
 /// Copies of live certificates connect where the real nodes have sessions: a node keeps one
-/// session per certificate, so the copy either replaces the real node's session or is
-/// refused, explicitly, logged and counted; once the copies are gone the tree is whole.
+/// session per certificate, so the copy's connection replaces the real node's session
+/// explicitly (logged, counted, and seen by the tree as that link ending) and never shares
+/// it silently; once the copies are gone the real nodes are back and the tree is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copied_certificate_never_shares_a_session_silently() {
     let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 3).await;
     let root = tree.root().await;
 
-    // The parent dialled the client (to place it): its settled dial keeps its place and the
-    // copy is refused.
+    // The parent dialled the client (to place it); the copy's later connection replaces
+    // that session: the parent's traffic for the client no longer goes two ways.
     let victim = tree.clients[0].identity.node_id;
     let parent = tree.parent(victim).await.expect("placed");
     let parent_addr = tree.address(parent);
     tokio::time::sleep(canopy_net::SIMULTANEOUS_DIAL_WINDOW).await;
     let before = tree.cluster.node(parent).unwrap().handle.net_stats();
-    let mut copy = Rogue::new(&tree, victim, CertRole::Client);
+    let copy = Rogue::new(&tree, victim, CertRole::Client);
     copy.send(parent, parent_addr, heartbeat(victim));
-    let reason = copy.closed_by(parent, Duration::from_secs(10)).await;
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("already live")),
-        "{reason:?}"
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let after = tree.cluster.node(parent).unwrap().handle.net_stats();
-    assert_eq!(after.sessions_refused - before.sessions_refused, 1);
-    assert_eq!(tree.parent(victim).await, Some(parent));
+    assert!(
+        after.sessions_replaced > before.sessions_replaced,
+        "{after:?}"
+    );
     copy.shutdown().await;
 
-    // The router dialled the root (to join): a copy's newer inbound connection replaces that
-    // session, and the real router, cut off, comes back on its own.
+    // The router dialled the root (to join): a copy's newer connection replaces that
+    // session too.
     let router = tree.routers[0].identity.node_id;
     let before = tree.cluster.node(root).unwrap().handle.net_stats();
     let copy = Rogue::new(&tree, router, CertRole::Router);
     copy.send(root, tree.address(root), heartbeat(router));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = tree.cluster.node(root).unwrap().handle.net_stats();
-    // The copy replaced the router's session; the router, cut off, rejoins and replaces the
-    // copy's in turn.
-    assert!(after.sessions_replaced - before.sessions_replaced >= 1);
+    assert!(
+        after.sessions_replaced > before.sessions_replaced,
+        "{after:?}"
+    );
     copy.shutdown().await;
     tree.assert_whole_and_delivering().await;
     tree.shutdown().await;
@@ -88,12 +86,9 @@ async fn control_floods_close_the_flooders_link() {
         rogue.send(root, tree.address(root), heartbeat(995));
     }
     let reason = rogue.closed_by(root, Duration::from_secs(10)).await;
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("control message rate")),
-        "{reason:?}"
-    );
+    // The close reason usually arrives; with the rogue still sending, QUIC may answer its
+    // late packets with a stateless reset instead. The root's count is what tells.
+    assert!(reason.is_some(), "the root closed the flooder's link");
     let stats = tree.cluster.node(root).unwrap().handle.net_stats();
     assert_eq!(stats.closed_control_rate, 1);
     rogue.shutdown().await;
@@ -138,6 +133,41 @@ async fn an_expired_certificate_loses_its_links() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(tree.parent(id).await, None, "it did not come back");
     doomed.handle.shutdown().await;
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
+
+/// Connections in all are bounded: insiders holding many certificates cannot take every
+/// slot for good, and once they leave the tree is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_bound_are_refused() {
+    let _serial = crate::support::serial().await;
+    let spec = canopy_node::local::LocalClusterSpec {
+        net: canopy_net::NetConfig {
+            max_connections: 12,
+            ..canopy_node::local::LocalClusterSpec::default().net
+        },
+        ..canopy_node::local::LocalClusterSpec::default()
+    };
+    let mut tree = Tree::start_with(spec, 1, 2).await;
+    let root = tree.root().await;
+    let before = tree.cluster.node(root).unwrap().handle.net_stats();
+    let mut rogues = Vec::new();
+    for id in 0..16 {
+        let rogue = Rogue::new(&tree, 2000 + id, CertRole::Client);
+        rogue.send(root, tree.address(root), heartbeat(2000 + id));
+        rogues.push(rogue);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = tree.cluster.node(root).unwrap().handle.net_stats();
+    assert!(stats.connections <= 12, "{stats:?}");
+    assert!(
+        stats.refused_over_limit > before.refused_over_limit,
+        "{stats:?}"
+    );
+    for rogue in rogues {
+        rogue.shutdown().await;
+    }
     tree.assert_whole_and_delivering().await;
     tree.shutdown().await;
 }

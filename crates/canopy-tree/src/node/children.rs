@@ -7,6 +7,7 @@ use canopy_proto::v1::{
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
 
+use super::budget::TagBudget;
 use super::placement::Claimed;
 use super::{ChildInfo, Node};
 use crate::interest::LinkInterest;
@@ -22,6 +23,8 @@ pub(super) struct ChildLink {
     pub(super) last_heard: Time,
     pub(super) subtree: SubtreeSize,
     pub(super) interest: LinkInterest,
+    /// The interest work this child may still cause.
+    pub(super) budget: TagBudget,
 }
 
 impl ChildLink {
@@ -122,6 +125,7 @@ impl Node {
                         last_heard: now,
                         subtree: SubtreeSize::default(),
                         interest: LinkInterest::new(fp_rate, self.filter_key),
+                        budget: TagBudget::full(self.child_budget(role), now),
                     },
                 );
                 out.push(Output::Event(TreeEvent::ChildAdopted { child }));
@@ -172,6 +176,9 @@ impl Node {
             self.evict_over_limit(from, reason, now, out);
             return;
         }
+        if !self.charge_interest(from, tags.len(), true, now, out) {
+            return;
+        }
         let Some(link) = self.children.get_mut(&from) else {
             return;
         };
@@ -181,6 +188,35 @@ impl Node {
         link.interest.replace(&tags, fp_rate, &mut self.interest);
         self.schedule_interest_flush(now);
         self.check_child_bounds(from, now, out);
+    }
+
+    /// Charges `child` for `tags` of interest work (and, for a snapshot, for the set it
+    /// replaces); over its budget it is evicted and `false` returned.
+    pub(super) fn charge_interest(
+        &mut self,
+        child: NodeId,
+        tags: usize,
+        snapshot: bool,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(link) = self.children.get(&child) else {
+            return false;
+        };
+        let rate = self.child_budget(link.role);
+        let cost = tags + if snapshot { link.interest.len() } else { 0 };
+        let Some(link) = self.children.get_mut(&child) else {
+            return false;
+        };
+        if link.budget.try_charge(cost, rate, now) {
+            return true;
+        }
+        let reason = format!(
+            "interest changes over {} tags/s (burst {})",
+            rate.per_sec, rate.burst
+        );
+        self.evict_over_limit(child, reason, now, out);
+        false
     }
 
     /// Most tags a child link of `role` may advertise.
@@ -204,6 +240,14 @@ impl Node {
             format!(
                 "advertised {} tags, more than {max_tags}",
                 link.interest.len()
+            )
+        } else if self.root.is_none() && self.interest.len() > self.max_tags_for(self.role) {
+            // What this node advertises upward must fit what its parent accepts from it: the
+            // child that pushed the subtree's interest over is the one that goes.
+            format!(
+                "the subtree would want {} tags, more than the {} this node may advertise",
+                self.interest.len(),
+                self.max_tags_for(self.role)
             )
         } else if reported > max_nodes {
             format!("reported a subtree of {reported} nodes, more than {max_nodes}")
@@ -265,11 +309,15 @@ impl Node {
             self.evict_over_limit(from, reason, now, out);
             return;
         }
+        if !self.charge_interest(from, snapshot.tags.len(), true, now, out) {
+            return;
+        }
         if let Some(link) = self.children.get_mut(&from) {
             link.interest
                 .replace(&snapshot.tags, fp_rate, &mut self.interest);
             self.schedule_interest_flush(now);
         }
+        self.check_child_bounds(from, now, out);
     }
 
     /// Drops children not heard from within the child timeout.
@@ -376,7 +424,7 @@ impl Node {
     }
 
     /// The root placed one of our children elsewhere: drop the link if it is older than that
-    /// placement. Only a root candidate may say so.
+    /// placement. Only the root this node follows may say so.
     pub(super) fn on_release(
         &mut self,
         from: NodeId,
@@ -384,7 +432,7 @@ impl Node {
         now: Time,
         out: &mut Vec<Output>,
     ) {
-        if !self.is_root_candidate(from) {
+        if self.leader().map(|r| r.id) != Some(from) {
             self.dropped(from, "release_child", DropReason::Unauthorized, out);
             return;
         }

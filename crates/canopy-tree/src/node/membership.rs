@@ -152,14 +152,16 @@ impl Node {
         // Epoch and root come from the root's signed grant, not from the parent.
         self.observe_epoch(placement.topology_epoch, out);
         self.observe_root(placement.root_id);
+        let tags = self.interest.take_snapshot();
+        // The new parent charges the snapshot against this link's budget: what follows waits.
+        let rate = self.upward_budget();
+        self.upward.charge(tags.len(), rate, now);
         let reattach = Reattach {
             node_id: self.id,
             role: self.role.to_proto() as i32,
             assignment_id: assign.assignment_id,
             subtree: Some(self.subtree()),
-            interest: Some(InterestSnapshot {
-                tags: self.interest.take_snapshot(),
-            }),
+            interest: Some(InterestSnapshot { tags }),
         };
         self.send(from, Body::Reattach(reattach), out);
         out.push(Output::Event(TreeEvent::ParentChanged {
@@ -226,7 +228,13 @@ impl Node {
                 self.evict_over_limit(from, reason, now, out);
                 return;
             }
-            link.interest.apply_delta(&delta, &mut self.interest);
+            let work = delta.add.len() + delta.remove.len();
+            if !self.charge_interest(from, work, false, now, out) {
+                return;
+            }
+            if let Some(link) = self.children.get_mut(&from) {
+                link.interest.apply_delta(&delta, &mut self.interest);
+            }
             self.schedule_interest_flush(now);
         }
         self.check_child_bounds(from, now, out);
@@ -262,11 +270,18 @@ impl Node {
             return;
         };
         let (to, assignment_id) = (parent.id, parent.assignment_id);
-        let max_tags = self.config.limits.max_tags_per_delta;
-        let interest = self
-            .interest
-            .has_pending()
+        let rate = self.upward_budget();
+        let max_tags = self
+            .config
+            .limits
+            .max_tags_per_delta
+            .min(self.upward.available(rate, now));
+        let interest = (self.interest.has_pending() && max_tags > 0)
             .then(|| self.interest.take_delta_limited(max_tags));
+        if let Some(delta) = &interest {
+            self.upward
+                .charge(delta.add.len() + delta.remove.len(), rate, now);
+        }
         let hb = Heartbeat {
             sender_id: self.id,
             subtree: Some(self.subtree()),

@@ -1,5 +1,6 @@
 //! One tree node: its state, the input dispatcher and the timers.
 
+mod budget;
 mod children;
 mod leadership;
 mod membership;
@@ -98,6 +99,8 @@ pub struct Node {
     known_leader: Option<NodeId>,
     /// Hashes peers' tags before they enter this node's filters.
     filter_key: FilterKey,
+    /// Paces this node's own interest changes to what its parent allows.
+    upward: budget::TagBudget,
 }
 
 impl Node {
@@ -138,6 +141,13 @@ impl Node {
             replicated: false,
             known_leader: None,
             filter_key: FilterKey::from_seed(seed),
+            upward: budget::TagBudget::full(
+                budget::BudgetRate {
+                    per_sec: 1.0,
+                    burst: 0.0,
+                },
+                Time::ZERO,
+            ),
         }
     }
 
@@ -197,6 +207,7 @@ impl Node {
             return;
         }
         self.started = true;
+        self.upward = budget::TagBudget::full(self.upward_budget(), now);
         self.interest.subscribe(node_tag(self.id));
         let interval = self.config.heartbeat_interval;
         self.next_heartbeat = now + interval.mul_f64(self.rng.random::<f64>());

@@ -81,8 +81,9 @@ impl Node {
         )
     }
 
-    /// The placement in `grant` if it matches `claimed`, was made by a root candidate and is
-    /// neither older nor further in the future than the configured maximum age.
+    /// The placement in `grant` if it matches `claimed`, was made by the root this node
+    /// follows and is neither older nor further in the future than the configured maximum
+    /// age.
     pub(super) fn check_grant(
         &self,
         grant: Option<&SignedPlacement>,
@@ -96,7 +97,11 @@ impl Node {
             && claimed
                 .parent_address
                 .is_none_or(|a| a == placement.parent_address);
-        if !matches || !self.is_root_candidate(placement.root_id) {
+        // Only the candidate this node follows as root may place it: the one it asked to
+        // join, or the one named from above. Another candidate's grant, signed or not, is
+        // not the serving root's decision.
+        let serving = self.leader().map(|r| r.id);
+        if !matches || Some(placement.root_id) != serving {
             return None;
         }
         let max_age = self.config.limits.placement_max_age;
