@@ -214,8 +214,39 @@ fn bad_requests_get_an_error_answer() {
     run(async {
         let mut cluster = Cluster::start(3, 1000).await;
         let local = "127.0.0.1:0".parse().expect("addr");
-        let (probe, mut events) =
+        // A non-member's requests are not answered at all: its link is closed.
+        let (outsider, mut outsider_events) =
             NetEndpoint::bind(local, cluster.credentials(9), NetConfig::default()).expect("bind");
+        let request = RaftRequest {
+            request_id: 1,
+            kind: Kind::AppendEntries as i32,
+            body: b"not json".to_vec().into(),
+        };
+        outsider
+            .send(
+                1,
+                Some(cluster.addrs[&1]),
+                ControlMessage::new(Body::RaftRequest(request)),
+            )
+            .expect("send");
+        let reason = loop {
+            let event = tokio::time::timeout(PATIENCE, outsider_events.recv())
+                .await
+                .expect("the link closes")
+                .expect("events");
+            if let NetEvent::LinkClosed { reason, .. } = event {
+                break reason;
+            }
+        };
+        assert!(reason.contains("not a member"), "{reason}");
+        assert_eq!(cluster.group(1).refused_requests(), 1);
+        outsider.shutdown().await;
+
+        // A member's malformed requests get an error answer. (The probe speaks for candidate
+        // 3, stopped first so that the two do not take each other's session.)
+        cluster.stop(3).await;
+        let (probe, mut events) =
+            NetEndpoint::bind(local, cluster.credentials(3), NetConfig::default()).expect("bind");
         let requests = [
             (7, Kind::AppendEntries as i32, b"not json".to_vec()),
             (8, 42, b"{}".to_vec()),
