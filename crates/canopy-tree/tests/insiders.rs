@@ -3,6 +3,7 @@
 
 mod common;
 
+use canopy_tree::proto::v1::{disconnect::Reason, Disconnect};
 use canopy_tree::proto::v1::{
     AssignParent, Cull, Heartbeat, InterestDelta, InterestSnapshot, SubtreeSize,
 };
@@ -21,6 +22,19 @@ fn assign(child: u64, parent: u64, assignment_id: u64, grant_root: Option<u64>, 
             placement_grant(root, child, parent, String::new(), assignment_id, net.now)
         }),
     })
+}
+
+/// `parent` tells client 100 it is no longer its parent (the client rejoins).
+fn parent_lets_go(net: &mut Net, parent: u64, reason: Reason) {
+    net.inject(
+        parent,
+        100,
+        Body::Disconnect(Disconnect {
+            sender_id: parent,
+            reason: reason as i32,
+            rejoin: true,
+        }),
+    );
 }
 
 fn unauthorized(net: &Net, id: u64) -> usize {
@@ -80,15 +94,7 @@ fn a_router_cannot_move_a_node_or_wedge_it() {
     assert_eq!(net.parent(100), parent);
     // The victim still obeys the root: culled by its parent, it is placed again.
     let victim_parent = net.parent(100).expect("attached");
-    net.inject(
-        victim_parent,
-        100,
-        Body::Disconnect(canopy_tree::proto::v1::Disconnect {
-            sender_id: victim_parent,
-            reason: canopy_tree::proto::v1::disconnect::Reason::Culled as i32,
-            rejoin: true,
-        }),
-    );
+    parent_lets_go(&mut net, victim_parent, Reason::Culled);
     net.advance(ms(2000));
     let now_under = net.parent(100).expect("the victim rejoined");
     assert_eq!(net.view_parent(100), Some(now_under));
@@ -109,15 +115,7 @@ fn replayed_grants_of_earlier_placements_are_stale() {
         })
         .pop()
         .expect("the genuine assignment");
-    net.inject(
-        parent,
-        100,
-        Body::Disconnect(canopy_tree::proto::v1::Disconnect {
-            sender_id: parent,
-            reason: canopy_tree::proto::v1::disconnect::Reason::Leaving as i32,
-            rejoin: true,
-        }),
-    );
+    parent_lets_go(&mut net, parent, Reason::Leaving);
     let out = net.inject(parent, 100, Body::AssignParent(replay));
     assert!(out.iter().any(|o| matches!(
         o,
@@ -154,15 +152,7 @@ fn a_parent_cannot_poison_the_epoch_for_good() {
         }),
     );
     assert_eq!(net.node(100).epoch(), u64::MAX);
-    net.inject(
-        parent,
-        100,
-        Body::Disconnect(canopy_tree::proto::v1::Disconnect {
-            sender_id: parent,
-            reason: canopy_tree::proto::v1::disconnect::Reason::Leaving as i32,
-            rejoin: true,
-        }),
-    );
+    parent_lets_go(&mut net, parent, Reason::Leaving);
     net.advance(ms(2000));
     assert!(net.parent(100).is_some());
     assert_eq!(net.node(100).epoch(), net.root().epoch());

@@ -119,81 +119,65 @@ async fn interest_and_subtree_reports_are_bounded() {
     let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 2).await;
     let limits = canopy_node::limits::PeerLimits::default();
-
-    // Too many tags in the attach snapshot.
-    let mut rogue = Rogue::new(&tree, 980, CertRole::Client);
-    let (parent, addr) = rogue.get_placed(&tree).await;
-    let tags: Vec<u64> = (1..=limits.max_tags_per_client_link as u64 + 1).collect();
-    rogue.attach(parent, addr, tags);
-    let reason = rogue.closed_by(parent, Duration::from_secs(10)).await;
-    assert!(
-        reason.as_deref().is_some_and(|r| r.contains("tags")),
-        "{reason:?}"
-    );
-    rogue.shutdown().await;
-
-    // A delta over the per-delta bound, after a proper attach.
-    let mut rogue = Rogue::new(&tree, 981, CertRole::Client);
-    let (parent_b, addr) = rogue.get_placed(&tree).await;
-    rogue.attach(parent_b, addr, vec![42]);
-    let delta = InterestDelta {
-        add: (1..=limits.max_tags_per_delta as u64 + 1).collect(),
-        remove: vec![],
+    let over_tags = limits.max_tags_per_client_link as u64 + 1;
+    let over_delta = limits.max_tags_per_delta as u64 + 1;
+    let snapshot = |i: u64| {
+        ControlMessage::new(Body::InterestSnapshot(InterestSnapshot {
+            tags: vec![i + 1],
+        }))
     };
-    rogue.send(parent_b, addr, heartbeat(981, ONE_CLIENT, Some(delta)));
-    let reason = rogue.closed_by(parent_b, Duration::from_secs(10)).await;
-    assert!(
-        reason.as_deref().is_some_and(|r| r.contains("delta")),
-        "{reason:?}"
-    );
-    rogue.shutdown().await;
-
-    // A client claiming a subtree.
-    let mut rogue = Rogue::new(&tree, 982, CertRole::Client);
-    let (parent_c, addr) = rogue.get_placed(&tree).await;
-    rogue.attach(parent_c, addr, vec![]);
     let huge = SubtreeSize {
         clients: u64::MAX,
         routers: u64::MAX,
     };
-    rogue.send(parent_c, addr, heartbeat(982, huge, None));
-    let reason = rogue.closed_by(parent_c, Duration::from_secs(10)).await;
-    assert!(
-        reason.as_deref().is_some_and(|r| r.contains("subtree")),
-        "{reason:?}"
-    );
-    rogue.shutdown().await;
-
-    // Whole snapshots faster than the per-peer rate.
-    let mut rogue = Rogue::new(&tree, 983, CertRole::Client);
-    let (parent_d, addr) = rogue.get_placed(&tree).await;
-    rogue.attach(parent_d, addr, vec![]);
-    for i in 0..40 {
-        let snapshot = InterestSnapshot { tags: vec![i + 1] };
-        rogue.send(
-            parent_d,
-            addr,
-            ControlMessage::new(Body::InterestSnapshot(snapshot)),
+    // (rogue id, tags it attaches with, what it sends then, what the refusal names)
+    let cases: Vec<(NodeId, Vec<u64>, Vec<ControlMessage>, &str)> = vec![
+        (980, (1..=over_tags).collect(), vec![], "tags"),
+        (
+            981,
+            vec![42],
+            vec![heartbeat(
+                981,
+                ONE_CLIENT,
+                Some(InterestDelta {
+                    add: (1..=over_delta).collect(),
+                    remove: vec![],
+                }),
+            )],
+            "delta",
+        ),
+        (982, vec![], vec![heartbeat(982, huge, None)], "subtree"),
+        (
+            983,
+            vec![],
+            (0..40).map(snapshot).collect(),
+            "interest snapshots over",
+        ),
+    ];
+    let mut parents = std::collections::BTreeSet::new();
+    for (id, tags, then, expected) in cases {
+        let mut rogue = Rogue::new(&tree, id, CertRole::Client);
+        let (parent, addr) = rogue.get_placed(&tree).await;
+        parents.insert(parent);
+        rogue.attach(parent, addr, tags);
+        for msg in then {
+            rogue.send(parent, addr, msg);
+        }
+        let reason = rogue.closed_by(parent, Duration::from_secs(10)).await;
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains(expected)),
+            "{id}: {reason:?}"
         );
+        rogue.shutdown().await;
     }
-    let reason = rogue.closed_by(parent_d, Duration::from_secs(10)).await;
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("interest snapshots over")),
-        "{reason:?}"
-    );
-    rogue.shutdown().await;
-
-    let distinct: std::collections::BTreeSet<_> = [parent, parent_b, parent_c, parent_d].into();
-    let (mut ol, mut rl) = (0, 0);
-    for id in distinct {
+    let (mut over_limit, mut rate_limited) = (0, 0);
+    for id in parents {
         let c = tree.counters(id).await;
-        ol += c.over_limit;
-        rl += c.rate_limited;
+        over_limit += c.over_limit;
+        rate_limited += c.rate_limited;
     }
-    assert_eq!(ol, 3, "tags, delta and subtree each closed a link");
-    assert_eq!(rl, 1);
+    assert_eq!(over_limit, 3, "tags, delta and subtree each closed a link");
+    assert_eq!(rate_limited, 1);
     tree.assert_whole_and_delivering().await;
     tree.shutdown().await;
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use canopy_net::{CertRole, NetEvent};
 use canopy_proto::prost::Message;
-use canopy_proto::v1::{
-    AssignParent, Heartbeat, InterestSnapshot, JoinRequest, Placement, Reattach, Role, SubtreeSize,
-};
+use canopy_proto::v1::{AssignParent, Heartbeat, Placement};
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::NodeId;
 
@@ -21,66 +19,13 @@ async fn a_former_parent_cannot_poison_the_epoch_for_good() {
     let _serial = crate::support::serial().await;
     let mut tree = Tree::start(1, 1, 1).await;
     let root = tree.root().await;
-    let root_addr = tree.address(root);
     let honest_router = tree.routers[0].identity.node_id;
 
     // The rogue joins as an ordinary router and attaches under the root.
     let mut rogue = Rogue::new(&tree, ROGUE, CertRole::Router);
-    let join = ControlMessage::new(Body::JoinRequest(JoinRequest {
-        node_id: ROGUE,
-        role: Role::Router as i32,
-        region: rogue.endpoint.identity().region.clone(),
-        address: rogue.endpoint.local_addr().to_string(),
-        attempt: 0,
-        subtree: None,
-    }));
-    rogue.send(root, root_addr, join);
-    let (parent, parent_addr, assignment_id) = tokio::time::timeout(SETTLE, async {
-        loop {
-            if let Some(NetEvent::Message { from, msg }) = rogue.events.recv().await {
-                if let Some(Body::AssignParent(a)) = msg.body {
-                    return (
-                        from.node_id,
-                        a.parent_address.parse().unwrap(),
-                        a.assignment_id,
-                    );
-                }
-            }
-        }
-    })
-    .await
-    .expect("the root places the rogue router");
-    let parent_hb = |rogue: &Rogue| {
-        rogue.send(
-            parent,
-            parent_addr,
-            ControlMessage::new(Body::Heartbeat(Heartbeat {
-                sender_id: ROGUE,
-                subtree: Some(SubtreeSize {
-                    clients: 0,
-                    routers: 1,
-                }),
-                topology_epoch: 0,
-                interest: None,
-                assignment_id,
-                root_id: 0,
-            })),
-        )
-    };
-    rogue.send(
-        parent,
-        parent_addr,
-        ControlMessage::new(Body::Reattach(Reattach {
-            node_id: ROGUE,
-            role: Role::Router as i32,
-            assignment_id,
-            subtree: Some(SubtreeSize {
-                clients: 0,
-                routers: 1,
-            }),
-            interest: Some(InterestSnapshot { tags: vec![] }),
-        })),
-    );
+    let (parent, parent_addr) = rogue.get_placed(&tree).await;
+    rogue.attach(parent, parent_addr, vec![]);
+    let parent_hb = |rogue: &Rogue| rogue.send(parent, parent_addr, rogue.heartbeat(None));
     parent_hb(&rogue);
 
     // A new honest client joins; the rogue is the least-loaded router, so the root places

@@ -2,72 +2,15 @@
 //! placed anew and its old parent lets it go (the root's `ReleaseChild`): it sits under one
 //! parent only and gets one copy of each multicast.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use canopy_net::{CertRole, NetEvent};
-use canopy_proto::v1::{Heartbeat, InterestSnapshot, JoinRequest, Reattach, Role, SubtreeSize};
-use canopy_proto::{Body, ControlMessage};
+use canopy_proto::Body;
 use canopy_tree::NodeId;
 
-use crate::support::{Rogue, Tree, SETTLE};
+use crate::support::{Rogue, Tree};
 
 const ROGUE: NodeId = 985;
-
-async fn join(rogue: &mut Rogue, tree: &Tree, attempt: u32) -> (NodeId, SocketAddr, u64) {
-    let root = tree.root().await;
-    let join = ControlMessage::new(Body::JoinRequest(JoinRequest {
-        node_id: ROGUE,
-        role: Role::Client as i32,
-        region: rogue.endpoint.identity().region.clone(),
-        address: rogue.endpoint.local_addr().to_string(),
-        attempt,
-        subtree: None,
-    }));
-    rogue.send(root, tree.address(root), join);
-    tokio::time::timeout(SETTLE, async {
-        loop {
-            if let Some(NetEvent::Message { from, msg }) = rogue.events.recv().await {
-                if let Some(Body::AssignParent(a)) = msg.body {
-                    return (
-                        from.node_id,
-                        a.parent_address.parse().unwrap(),
-                        a.assignment_id,
-                    );
-                }
-            }
-        }
-    })
-    .await
-    .expect("placed")
-}
-
-fn reattach(assignment_id: u64, tag: u64) -> ControlMessage {
-    ControlMessage::new(Body::Reattach(Reattach {
-        node_id: ROGUE,
-        role: Role::Client as i32,
-        assignment_id,
-        subtree: Some(SubtreeSize {
-            clients: 1,
-            routers: 0,
-        }),
-        interest: Some(InterestSnapshot { tags: vec![tag] }),
-    }))
-}
-
-fn heartbeat(assignment_id: u64) -> ControlMessage {
-    ControlMessage::new(Body::Heartbeat(Heartbeat {
-        sender_id: ROGUE,
-        subtree: Some(SubtreeSize {
-            clients: 1,
-            routers: 0,
-        }),
-        topology_epoch: 0,
-        interest: None,
-        assignment_id,
-        root_id: 0,
-    }))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_sit_under_two_parents() {
@@ -75,43 +18,27 @@ async fn a_client_cannot_sit_under_two_parents() {
     let tree = Tree::start(1, 2, 2).await;
     let root = tree.root().await;
     let mut rogue = Rogue::new(&tree, ROGUE, CertRole::Client);
-    let first = join(&mut rogue, &tree, 0).await;
-    rogue.send(first.0, first.1, reattach(first.2, tree.tag));
+    let first = rogue.get_placed(&tree).await;
+    rogue.attach(first.0, first.1, vec![tree.tag]);
+    let first_beats = rogue.keep_alive(first.0, first.1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Join again (a retry, so the root avoids the current parent) without leaving.
-    let second = join(&mut rogue, &tree, 1).await;
+    let second = rogue.get_placed_at(&tree, 1).await;
     assert_ne!(first.0, second.0, "placed elsewhere");
-    rogue.send(second.0, second.1, reattach(second.2, tree.tag));
+    rogue.attach(second.0, second.1, vec![tree.tag]);
+    let second_beats = rogue.keep_alive(second.0, second.1);
 
     // Keep both links alive for a few seconds (several child timeouts).
-    for _ in 0..20 {
-        rogue.send(first.0, first.1, heartbeat(first.2));
-        rogue.send(second.0, second.1, heartbeat(second.2));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let mut attached_at = Vec::new();
     for parent in [first.0, second.0] {
-        let status = tree
-            .cluster
-            .node(parent)
-            .unwrap()
-            .handle
-            .status()
-            .await
-            .unwrap();
+        let status = tree.status(parent).await;
         if status.children.iter().any(|c| c.id == ROGUE && c.attached) {
             attached_at.push(parent);
         }
     }
-    let root_status = tree
-        .cluster
-        .node(root)
-        .unwrap()
-        .handle
-        .status()
-        .await
-        .unwrap();
-    assert!(root_status.view_size.is_some());
+    let view = tree.status(root).await.view_size;
+    assert!(view.is_some());
 
     // An honest client publishes once on the tag the rogue asked for: the rogue gets a copy
     // from each parent.
@@ -143,6 +70,8 @@ async fn a_client_cannot_sit_under_two_parents() {
         "attached under its new parent only"
     );
     assert_eq!(copies, vec![second.0], "one copy, from the new parent");
+    first_beats.abort();
+    second_beats.abort();
     rogue.shutdown().await;
     let mut tree = tree;
     tree.assert_whole_and_delivering().await;

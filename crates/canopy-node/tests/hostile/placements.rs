@@ -132,16 +132,7 @@ async fn only_the_serving_root_adopts_and_culls() {
     let mut tree = Tree::start(1, 2, 4).await;
     let router = tree.routers[0].identity.node_id;
     let router_addr = tree.address(router);
-    let children_before = tree
-        .cluster
-        .node(router)
-        .unwrap()
-        .handle
-        .status()
-        .await
-        .unwrap()
-        .children
-        .len();
+    let children_before = tree.status(router).await.children.len();
 
     // A root-candidate certificate that does not serve asks a router to adopt a node and
     // to cull its clients.
@@ -178,14 +169,7 @@ async fn only_the_serving_root_adopts_and_culls() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let status = tree
-        .cluster
-        .node(router)
-        .unwrap()
-        .handle
-        .status()
-        .await
-        .unwrap();
+    let status = tree.status(router).await;
     assert!(status.children.iter().all(|c| c.id != 999), "no adoption");
     assert_eq!(status.children.len(), children_before, "no cull");
     assert!(status.counters.dropped >= 2);

@@ -75,13 +75,8 @@ async fn a_candidate_that_does_not_serve_moves_nobody() {
     let other = tree.clients[1].identity.node_id;
     let other_parent = tree.parent(other).await.expect("placed");
     let before = tree
-        .cluster
-        .node(other_parent)
-        .unwrap()
-        .handle
-        .status()
+        .status(other_parent)
         .await
-        .unwrap()
         .children
         .iter()
         .find(|c| c.id == other)
@@ -98,13 +93,8 @@ async fn a_candidate_that_does_not_serve_moves_nobody() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim_counters = tree.counters(victim).await;
     let after = tree
-        .cluster
-        .node(other_parent)
-        .unwrap()
-        .handle
-        .status()
+        .status(other_parent)
         .await
-        .unwrap()
         .children
         .iter()
         .find(|c| c.id == other)

@@ -92,6 +92,11 @@ impl Tree {
 
     /// The counters of one node.
     pub async fn counters(&self, id: NodeId) -> NodeCounters {
+        self.status(id).await.counters
+    }
+
+    /// A node's status.
+    pub async fn status(&self, id: NodeId) -> canopy_node::NodeStatus {
         self.cluster
             .node(id)
             .expect("known node")
@@ -99,7 +104,6 @@ impl Tree {
             .status()
             .await
             .expect("node runs")
-            .counters
     }
 
     /// The parent of one node.
@@ -212,60 +216,5 @@ impl Rogue {
 
     pub async fn shutdown(self) {
         self.endpoint.shutdown().await;
-    }
-}
-
-impl Rogue {
-    /// Joins the tree like a client would, as far as being placed: sends a join request to
-    /// the root and waits for the `AssignParent`. Returns the parent's id and address; the
-    /// rogue has not attached yet (it sends its own `Reattach`).
-    pub async fn get_placed(&mut self, tree: &Tree) -> (NodeId, SocketAddr) {
-        use canopy_proto::v1::{JoinRequest, Role};
-        use canopy_proto::Body;
-        let root = tree.root().await;
-        let join = ControlMessage::new(Body::JoinRequest(JoinRequest {
-            node_id: self.id(),
-            role: Role::Client as i32,
-            region: self.endpoint.identity().region.clone(),
-            address: self.endpoint.local_addr().to_string(),
-            attempt: 0,
-            subtree: None,
-        }));
-        self.send(root, tree.address(root), join);
-        let placed = tokio::time::timeout(SETTLE, async {
-            loop {
-                match self.events.recv().await {
-                    Some(NetEvent::Message { from, msg }) => {
-                        if let Some(Body::AssignParent(a)) = msg.body {
-                            let addr = a.parent_address.parse().expect("parent address");
-                            return (from.node_id, addr, a.assignment_id);
-                        }
-                    }
-                    Some(_) => {}
-                    None => panic!("rogue endpoint closed"),
-                }
-            }
-        })
-        .await
-        .expect("the root places the rogue");
-        self.assignment_id = placed.2;
-        (placed.0, placed.1)
-    }
-
-    /// Attaches to `parent` with an interest snapshot of `tags`.
-    pub fn attach(&self, parent: NodeId, addr: SocketAddr, tags: Vec<KeyTag>) {
-        use canopy_proto::v1::{InterestSnapshot, Reattach, Role, SubtreeSize};
-        use canopy_proto::Body;
-        let reattach = Reattach {
-            node_id: self.id(),
-            role: Role::Client as i32,
-            assignment_id: self.assignment_id,
-            subtree: Some(SubtreeSize {
-                clients: 1,
-                routers: 0,
-            }),
-            interest: Some(InterestSnapshot { tags }),
-        };
-        self.send(parent, addr, ControlMessage::new(Body::Reattach(reattach)));
     }
 }
