@@ -217,3 +217,50 @@ async fn a_client_cannot_publish_as_another() {
     tree.assert_whole_and_delivering().await;
     tree.shutdown().await;
 }
+
+/// A node whose interest changes exceed one delta sends them in several heartbeats, and its
+/// parent ends up with every tag: nothing is lost (real nodes, a small per-delta bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_changes_larger_than_a_delta_arrive_whole() {
+    let _serial = crate::support::serial().await;
+    let mut spec = canopy_node::local::LocalClusterSpec::default();
+    spec.tree.limits.max_tags_per_delta = 500;
+    let mut tree = Tree::start_with(spec, 1, 2).await;
+    let (subscriber, publisher) = (tree.clients[0].clone(), tree.clients[1].clone());
+    let tags: Vec<u64> = (0..3000u64)
+        .map(|i| canopy_tree::node_tag(1_000_000 + i))
+        .collect();
+    for &tag in &tags {
+        assert!(subscriber.handle.subscribe(tag).await);
+    }
+    // 3,000 tags at 500 a heartbeat, one heartbeat every interest_batch_delay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tree.cluster.take_deliveries();
+    for &tag in [tags[0], tags[1499], tags[2999]].iter() {
+        assert!(
+            publisher
+                .handle
+                .publish(tag, bytes::Bytes::from_static(b"x"))
+                .await
+        );
+    }
+    let mut got = Vec::new();
+    while let Some(d) = tree.cluster.next_delivery(Duration::from_secs(5)).await {
+        got.push((d.receiver, d.key_tag));
+        if got.len() == 3 {
+            break;
+        }
+    }
+    let want: Vec<_> = [tags[0], tags[1499], tags[2999]]
+        .iter()
+        .map(|&t| (subscriber.identity.node_id, t))
+        .collect();
+    assert_eq!(got, want, "every tag made it up, in pieces");
+    let parent = tree
+        .parent(subscriber.identity.node_id)
+        .await
+        .expect("attached");
+    assert_eq!(tree.counters(parent).await.over_limit, 0);
+    tree.assert_whole_and_delivering().await;
+    tree.shutdown().await;
+}
