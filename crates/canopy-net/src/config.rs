@@ -171,6 +171,9 @@ pub enum SendError {
     /// The endpoint was shut down.
     #[error("the endpoint is shut down")]
     Shutdown,
+    /// The peer is banned for a while after going over a bound (see `NetEndpoint::ban`).
+    #[error("the peer is refused for now: {0}")]
+    Banned(String),
 }
 
 #[cfg(test)]

@@ -226,6 +226,10 @@ impl NetEndpoint {
             if state.shut_down {
                 return Err(SendError::Shutdown);
             }
+            // A banned peer is not dialled either: nothing we send would bring it back early.
+            if let Some(ban) = state.ban_of(peer) {
+                return Err(SendError::Banned(ban));
+            }
             let senders = match state.links.get(&peer).and_then(|links| pick(links)) {
                 Some(link) => link.senders.clone(),
                 None => {

@@ -61,8 +61,11 @@ impl Default for TreeLimits {
         TreeLimits {
             placement_max_age: Duration::from_secs(60),
             max_tags_per_client_link: 16_384,
-            // A Reattach snapshot must fit one 1 MiB frame: 8 bytes a tag plus framing.
-            max_tags_per_router_link: 120_000,
+            // A router link carries its whole subtree's interest (every node's own id tag
+            // at least): 2^22 tags, 32 MiB of tags, holds subtrees of millions. (A Reattach
+            // snapshot over about 130,000 tags does not fit today's 1 MiB frame: see
+            // docs/protocol.md, Limits.)
+            max_tags_per_router_link: 1 << 22,
             max_tags_per_delta: 16_384,
             max_subtree_nodes: 100_000_000,
             client_interest_tags_per_sec: 4096.0,

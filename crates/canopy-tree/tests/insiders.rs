@@ -381,3 +381,48 @@ fn large_interest_changes_go_up_in_pieces() {
     }
     assert!(net.child_ids(parent).contains(&child));
 }
+
+/// When a router's subtree would want more tags than the router may advertise, the child
+/// bringing the most goes, not the sibling whose small change tipped the total over.
+#[test]
+fn the_largest_contributor_goes_when_a_subtree_overflows() {
+    let mut config = config();
+    config.limits.max_tags_per_router_link = 24;
+    config.limits.max_tags_per_client_link = 20;
+    let mut net = Net::new(config, 1);
+    net.join(10, Role::Router);
+    net.join(100, Role::Client);
+    net.join(101, Role::Client);
+    let (big, small) = (100, 101);
+    let parent = net.parent(big).expect("attached");
+    assert_eq!(net.parent(small), Some(parent));
+    // The big one sits just under what its parent may advertise.
+    for tag in 5000..5018 {
+        net.input(big, canopy_tree::Input::Subscribe(tag));
+    }
+    net.advance(ms(200));
+    assert!(net.child_ids(parent).contains(&big));
+    // The small one adds a few: the total tips over. (Only its heartbeat is delivered: the
+    // evicted one would rejoin and be evicted again, which the daemon's ban paces.)
+    for tag in 6000..6004 {
+        net.input(small, canopy_tree::Input::Subscribe(tag));
+    }
+    net.now += ms(50);
+    net.input(small, canopy_tree::Input::Tick);
+    for sent in net.take(|s| s.from == small && s.to == parent) {
+        net.deliver(sent);
+    }
+    let children = net.child_ids(parent);
+    assert!(
+        !children.contains(&big),
+        "the largest contributor was dropped"
+    );
+    assert!(
+        children.contains(&small),
+        "the small sibling kept its place"
+    );
+    assert!(net
+        .closed
+        .iter()
+        .any(|(node, peer, _)| *node == parent && *peer == big));
+}

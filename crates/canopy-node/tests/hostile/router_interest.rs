@@ -2,8 +2,8 @@
 //! tree while staying within its own link's bounds:
 //!
 //! - by advertising exactly `max_tags_per_router_link` tags, which would push the honest
-//!   router's subtree over the same bound one level up: the honest router refuses the child
-//!   that overflows its subtree;
+//!   router's subtree over the same bound one level up: the honest router drops the child
+//!   that brings the most tags;
 //! - by alternating full and empty snapshots (the empty one was once free, although
 //!   withdrawing a set costs as much as advertising it): snapshots are charged for the set
 //!   they replace, and every node paces its own upward changes under its parent's budget.
@@ -24,12 +24,17 @@ use crate::support::{Rogue, Tree};
 /// Samples of the honest router's parent, 200 ms apart.
 const SAMPLES: usize = 75;
 
+/// Tags a router link may carry in these tests: small enough that a full snapshot fits one
+/// frame.
+const ROUTER_LINK_TAGS: usize = 50_000;
+
 /// A tree whose root takes one router, that router (honest), and a rogue router placed under
 /// it and attached with `tags`. Returns the tree, the rogue, the honest router and its
 /// address.
 async fn rogue_under_honest_router(tags: usize) -> (Tree, Rogue, NodeId, SocketAddr) {
     let mut spec = LocalClusterSpec::default();
     spec.tree.max_child_routers = 1;
+    spec.tree.limits.max_tags_per_router_link = ROUTER_LINK_TAGS;
     let tree = Tree::start_with(spec, 1, 2).await;
     let root = tree.root().await;
     let honest = tree.routers[0].identity.node_id;
@@ -72,9 +77,8 @@ async fn assert_contained(mut tree: Tree, honest: NodeId, attached: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_cannot_push_its_parent_over_the_parents_bound() {
     let _serial = crate::support::serial().await;
-    let max = canopy_tree::TreeLimits::default().max_tags_per_router_link;
     // Exactly the bound: the rogue's own link is within it.
-    let (tree, rogue, honest, addr) = rogue_under_honest_router(max).await;
+    let (tree, rogue, honest, addr) = rogue_under_honest_router(ROUTER_LINK_TAGS).await;
     let beats = rogue.keep_alive(honest, addr);
     let attached = tree.attached_samples(honest, SAMPLES).await;
     beats.abort();
@@ -86,7 +90,7 @@ async fn a_child_cannot_push_its_parent_over_the_parents_bound() {
 async fn snapshot_churn_costs_the_churner_not_its_parent() {
     let _serial = crate::support::serial().await;
     // Most of the bound, so the honest router's own subtree stays under it.
-    let n = canopy_tree::TreeLimits::default().max_tags_per_router_link * 5 / 6;
+    let n = ROUTER_LINK_TAGS * 5 / 6;
     let (tree, rogue, honest, addr) = rogue_under_honest_router(n).await;
     let beats = rogue.keep_alive(honest, addr);
     let endpoint = rogue.endpoint.clone();
@@ -94,9 +98,9 @@ async fn snapshot_churn_costs_the_churner_not_its_parent() {
         let snapshot =
             |tags: Vec<u64>| ControlMessage::new(Body::InterestSnapshot(InterestSnapshot { tags }));
         loop {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = endpoint.send(honest, Some(addr), snapshot(Vec::new()));
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = endpoint.send(honest, Some(addr), snapshot((1..=n as u64).collect()));
         }
     });

@@ -50,6 +50,12 @@ impl TagBudget {
         }
     }
 
+    /// Whether the bucket has refilled completely.
+    pub(super) fn is_full(&mut self, rate: BudgetRate, now: Time) -> bool {
+        self.refill(rate, now);
+        self.tokens >= rate.burst
+    }
+
     /// Whole tokens available now.
     pub(super) fn available(&mut self, rate: BudgetRate, now: Time) -> usize {
         self.refill(rate, now);

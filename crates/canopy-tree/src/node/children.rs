@@ -7,7 +7,7 @@ use canopy_proto::v1::{
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
 
-use super::budget::TagBudget;
+use super::budget::{BudgetRate, TagBudget};
 use super::placement::Claimed;
 use super::{ChildInfo, Node};
 use crate::interest::LinkInterest;
@@ -23,8 +23,6 @@ pub(super) struct ChildLink {
     pub(super) last_heard: Time,
     pub(super) subtree: SubtreeSize,
     pub(super) interest: LinkInterest,
-    /// The interest work this child may still cause.
-    pub(super) budget: TagBudget,
 }
 
 impl ChildLink {
@@ -57,10 +55,15 @@ impl Node {
             parent: self.id,
             parent_address: None,
             assignment_id: adopt.assignment_id,
+            adoption: true,
         };
         let grant = match self.check_grant(adopt.grant.as_ref(), &claimed, now) {
             // Only the root that decided may ask for the adoption.
-            Some(placement) if placement.root_id == from => adopt.grant.unwrap_or_default(),
+            Some(placement) if placement.root_id == from => {
+                // The candidate that adopts here serves: follow it (reports go to it).
+                self.observe_root(from);
+                adopt.grant.unwrap_or_default()
+            }
             _ => {
                 self.dropped(from, "adopt_child", DropReason::Unauthorized, out);
                 return;
@@ -125,7 +128,6 @@ impl Node {
                         last_heard: now,
                         subtree: SubtreeSize::default(),
                         interest: LinkInterest::new(fp_rate, self.filter_key),
-                        budget: TagBudget::full(self.child_budget(role), now),
                     },
                 );
                 out.push(Output::Event(TreeEvent::ChildAdopted { child }));
@@ -166,7 +168,7 @@ impl Node {
             return;
         }
         let tags = reattach.interest.map(|s| s.tags).unwrap_or_default();
-        let role = link.role;
+        let (role, attached) = (link.role, link.attached);
         let max_tags = self.max_tags_for(role);
         if tags.len() > max_tags {
             let reason = format!(
@@ -176,7 +178,9 @@ impl Node {
             self.evict_over_limit(from, reason, now, out);
             return;
         }
-        if !self.charge_interest(from, tags.len(), true, now, out) {
+        // A first attach (or one after the root re-placed the child here) replaces what the
+        // parent kept for it at no charge; a repeated one is the child's own churn.
+        if !self.charge_interest(from, tags.len(), attached, now, out) {
             return;
         }
         let Some(link) = self.children.get_mut(&from) else {
@@ -190,25 +194,32 @@ impl Node {
         self.check_child_bounds(from, now, out);
     }
 
-    /// Charges `child` for `tags` of interest work (and, for a snapshot, for the set it
-    /// replaces); over its budget it is evicted and `false` returned.
+    /// Charges `child` for `tags` of interest work (and, when `replacing`, for the set its
+    /// snapshot replaces); over its budget it is evicted and `false` returned. Budgets are
+    /// kept per peer, across its links: leaving and coming back does not refill them.
     pub(super) fn charge_interest(
         &mut self,
         child: NodeId,
         tags: usize,
-        snapshot: bool,
+        replacing: bool,
         now: Time,
         out: &mut Vec<Output>,
     ) -> bool {
         let Some(link) = self.children.get(&child) else {
             return false;
         };
-        let rate = self.child_budget(link.role);
-        let cost = tags + if snapshot { link.interest.len() } else { 0 };
-        let Some(link) = self.children.get_mut(&child) else {
-            return false;
-        };
-        if link.budget.try_charge(cost, rate, now) {
+        let role = link.role;
+        let rate = self.child_budget(role);
+        let cost = tags + if replacing { link.interest.len() } else { 0 };
+        if !self.interest_budgets.contains_key(&child) {
+            self.forget_idle_budgets(now);
+        }
+        let budget = self
+            .interest_budgets
+            .entry(child)
+            .or_insert_with(|| (role, TagBudget::full(rate, now)));
+        budget.0 = role;
+        if budget.1.try_charge(cost, rate, now) {
             return true;
         }
         let reason = format!(
@@ -217,6 +228,29 @@ impl Node {
         );
         self.evict_over_limit(child, reason, now, out);
         false
+    }
+
+    /// Drops the budgets that have refilled (they remember no debt), so the map holds only
+    /// peers that spent recently.
+    fn forget_idle_budgets(&mut self, now: Time) {
+        let limit = 4 * self.config.max_children();
+        if self.interest_budgets.len() < limit {
+            return;
+        }
+        let rates: Vec<(NodeId, BudgetRate)> = self
+            .interest_budgets
+            .iter()
+            .map(|(&id, (role, _))| (id, self.child_budget(*role)))
+            .collect();
+        for (id, rate) in rates {
+            let idle = self
+                .interest_budgets
+                .get_mut(&id)
+                .is_some_and(|(_, b)| b.is_full(rate, now));
+            if idle && !self.children.contains_key(&id) {
+                self.interest_budgets.remove(&id);
+            }
+        }
     }
 
     /// Most tags a child link of `role` may advertise.
@@ -241,14 +275,6 @@ impl Node {
                 "advertised {} tags, more than {max_tags}",
                 link.interest.len()
             )
-        } else if self.root.is_none() && self.interest.len() > self.max_tags_for(self.role) {
-            // What this node advertises upward must fit what its parent accepts from it: the
-            // child that pushed the subtree's interest over is the one that goes.
-            format!(
-                "the subtree would want {} tags, more than the {} this node may advertise",
-                self.interest.len(),
-                self.max_tags_for(self.role)
-            )
         } else if reported > max_nodes {
             format!("reported a subtree of {reported} nodes, more than {max_nodes}")
         } else if link.role == Role::Client
@@ -259,9 +285,29 @@ impl Node {
                 link.subtree.clients, link.subtree.routers
             )
         } else {
+            self.check_subtree_interest(now, out);
             return;
         };
         self.evict_over_limit(child, reason, now, out);
+    }
+
+    /// What this node advertises upward must fit what its parent accepts from it. Over that,
+    /// the child contributing the most tags goes (not whichever child happened to add the
+    /// last one: a child sitting just under the total must not get its siblings evicted).
+    fn check_subtree_interest(&mut self, now: Time, out: &mut Vec<Output>) {
+        let max = self.max_tags_for(self.role);
+        while self.root.is_none() && self.interest.len() > max {
+            let Some((&largest, _)) = self.children.iter().max_by_key(|(_, c)| c.interest.len())
+            else {
+                return;
+            };
+            let reason = format!(
+                "the subtree would want {} tags, more than the {max} this node may advertise, \
+                 and this child brings the most",
+                self.interest.len()
+            );
+            self.evict_over_limit(largest, reason, now, out);
+        }
     }
 
     /// Drops a child that went over a bound: it is told why, forgotten (its interest

@@ -25,6 +25,7 @@ impl Node {
             attempt: 0,
             retry_at: now + self.join_backoff(0),
             redirected: false,
+            asked: Vec::new(),
         });
         self.send_join(0, out);
     }
@@ -35,10 +36,12 @@ impl Node {
         if !self.roots.is_empty() {
             self.leader_index = (self.leader_index + 1) % self.roots.len();
         }
+        let asked = self.joining.take().map(|j| j.asked).unwrap_or_default();
         self.joining = Some(JoinState {
             attempt,
             retry_at: now + self.join_backoff(attempt),
             redirected: false,
+            asked,
         });
         self.send_join(attempt, out);
     }
@@ -57,6 +60,9 @@ impl Node {
         let Some(root) = self.leader().map(|r| r.id) else {
             return;
         };
+        if let Some(join) = self.joining.as_mut().filter(|j| !j.asked.contains(&root)) {
+            join.asked.push(root);
+        }
         let request = JoinRequest {
             node_id: self.id,
             role: self.role.to_proto() as i32,
@@ -117,6 +123,7 @@ impl Node {
             parent: from,
             parent_address: Some(&assign.parent_address),
             assignment_id: assign.assignment_id,
+            adoption: false,
         };
         let Some(placement) = self.check_grant(assign.grant.as_ref(), &claimed, now) else {
             // Not the serving root's decision: no node can move another on its own say.
@@ -171,7 +178,7 @@ impl Node {
     }
 
     /// Follows the root named from above, so removal reports go to the current root.
-    fn observe_root(&mut self, root: NodeId) {
+    pub(super) fn observe_root(&mut self, root: NodeId) {
         if let Some(index) = self.roots.iter().position(|r| r.id == root) {
             self.leader_index = index;
         }

@@ -62,6 +62,8 @@ struct JoinState {
     /// retry: two candidates that each believe the other leads would otherwise bounce the
     /// joiner between them with no pause.
     redirected: bool,
+    /// Candidates asked during this join (and its retries): any of them may answer.
+    asked: Vec<NodeId>,
 }
 
 /// A tree node as a sans-IO state machine. See the crate documentation.
@@ -101,6 +103,8 @@ pub struct Node {
     filter_key: FilterKey,
     /// Paces this node's own interest changes to what its parent allows.
     upward: budget::TagBudget,
+    /// The interest work each child (by id, across its links) may still cause.
+    interest_budgets: HashMap<NodeId, (Role, budget::TagBudget)>,
 }
 
 impl Node {
@@ -148,6 +152,7 @@ impl Node {
                 },
                 Time::ZERO,
             ),
+            interest_budgets: HashMap::new(),
         }
     }
 

@@ -19,6 +19,8 @@ pub(super) struct Claimed<'a> {
     pub(super) parent: NodeId,
     pub(super) parent_address: Option<&'a str>,
     pub(super) assignment_id: u64,
+    /// An `AdoptChild` (to this node as parent) rather than an `AssignParent`.
+    pub(super) adoption: bool,
 }
 
 /// An unsigned grant of `root`'s decision, made at `now`, to place `child` under `parent`
@@ -81,9 +83,9 @@ impl Node {
         )
     }
 
-    /// The placement in `grant` if it matches `claimed`, was made by the root this node
-    /// follows and is neither older nor further in the future than the configured maximum
-    /// age.
+    /// The placement in `grant` if it matches `claimed`, was made by a root this node follows
+    /// (see below) and is neither older nor further in the future than the configured
+    /// maximum age.
     pub(super) fn check_grant(
         &self,
         grant: Option<&SignedPlacement>,
@@ -97,11 +99,18 @@ impl Node {
             && claimed
                 .parent_address
                 .is_none_or(|a| a == placement.parent_address);
-        // Only the candidate this node follows as root may place it: the one it asked to
-        // join, or the one named from above. Another candidate's grant, signed or not, is
-        // not the serving root's decision.
-        let serving = self.leader().map(|r| r.id);
-        if !matches || Some(placement.root_id) != serving {
+        // Only a root this node follows may place it: the one named from above, or one it
+        // asked during its current join. Another candidate's grant, signed or not, is not
+        // the serving root's decision. An adoption may come from any configured candidate
+        // (a new root adopts under routers that have not heard of it yet).
+        let root = placement.root_id;
+        let follows = self.leader().is_some_and(|r| r.id == root)
+            || self
+                .joining
+                .as_ref()
+                .is_some_and(|j| j.asked.contains(&root))
+            || (claimed.adoption && self.is_root_candidate(root));
+        if !matches || !follows {
             return None;
         }
         let max_age = self.config.limits.placement_max_age;
