@@ -1,8 +1,8 @@
 //! The node's QUIC endpoint: accepts and dials links, keeps the link table, routes sends.
 //!
 //! The link table maps each peer to its live connections (normally one; two while both sides
-//! dialled each other at once) and to at most one dial in progress. Sends go to our own live
-//! dial, else the newest live connection, or queue on the dial in progress. A peer's `LinkUp` is emitted when it gets its first
+//! dialled each other at once) and to at most one dial in progress. Sends go to the newest
+//! live connection, or queue on the dial in progress. A peer's `LinkUp` is emitted when it gets its first
 //! established connection, `LinkClosed` when its last connection (or dial) ends.
 //!
 //! One session per identity: a newer inbound connection from a node replaces its older
@@ -10,8 +10,8 @@
 //! readers have stopped) followed by `LinkUp`, logged at warn and counted
 //! (`sessions_replaced`). Only our own dial established within [`SIMULTANEOUS_DIAL_WINDOW`]
 //! stays beside it (the two nodes dialled each other at once, and neither side's queued
-//! messages may be lost); sends prefer our own dial. A restarted peer so takes its place at
-//! once, and a copy of a certificate never shares a node's place silently.
+//! messages may be lost). A restarted peer so takes its place at once, and a copy of a
+//! certificate never shares a node's place silently.
 //! Established connections are bounded by [`NetConfig::max_connections`]; inbound ones over
 //! the bound are refused before the handshake. Establishing and running connections is in
 //! `session`.
@@ -407,12 +407,13 @@ fn queue_frame(
 
 /// The link to send on: the newest live connection, else the dial in progress.
 fn pick(links: &[Link]) -> Option<&Link> {
-    // Our own dial first: it reached the node at the address we know for it. Then the newest
-    // inbound session, then a dial in progress.
-    let live = || links.iter().rev().filter(|l| l.is_live());
-    live()
-        .find(|l| !l.inbound)
-        .or_else(|| live().next())
+    // The newest live connection: of two that the nodes dialled at once, either works; a
+    // connection older than the window has already been replaced by a newer one (a peer
+    // that restarted), and the newer one is the one that reaches it.
+    links
+        .iter()
+        .rev()
+        .find(|l| l.is_live())
         .or_else(|| links.iter().rev().find(|l| l.conn.is_none()))
 }
 
