@@ -233,8 +233,8 @@ impl Node {
     /// Drops the budgets that have refilled (they remember no debt), so the map holds only
     /// peers that spent recently.
     fn forget_idle_budgets(&mut self, now: Time) {
-        let limit = 4 * self.config.max_children();
-        if self.interest_budgets.len() < limit {
+        // Amortized: a pass runs only once the map has doubled since the last one.
+        if self.interest_budgets.len() < self.budgets_prune_at {
             return;
         }
         let rates: Vec<(NodeId, BudgetRate)> = self
@@ -251,6 +251,8 @@ impl Node {
                 self.interest_budgets.remove(&id);
             }
         }
+        self.budgets_prune_at =
+            (2 * self.interest_budgets.len()).max(4 * self.config.max_children());
     }
 
     /// Most tags a child link of `role` may advertise.

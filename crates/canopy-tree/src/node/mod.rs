@@ -105,6 +105,8 @@ pub struct Node {
     upward: budget::TagBudget,
     /// The interest work each child (by id, across its links) may still cause.
     interest_budgets: HashMap<NodeId, (Role, budget::TagBudget)>,
+    /// Size of `interest_budgets` at which idle entries are next dropped.
+    budgets_prune_at: usize,
 }
 
 impl Node {
@@ -153,6 +155,7 @@ impl Node {
                 Time::ZERO,
             ),
             interest_budgets: HashMap::new(),
+            budgets_prune_at: 0,
         }
     }
 
