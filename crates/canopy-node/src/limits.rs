@@ -285,16 +285,6 @@ impl RateLimiter {
             bucket.tokens + elapsed * rate < burst
         });
     }
-
-    /// Number of peers' buckets held.
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    /// Whether no bucket is held.
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
 }
 
 #[cfg(test)]
