@@ -74,13 +74,7 @@ async fn a_candidate_that_does_not_serve_moves_nobody() {
     // ReleaseChild from the same non-serving candidate detaches the other client.
     let other = tree.clients[1].identity.node_id;
     let other_parent = tree.parent(other).await.expect("placed");
-    let before = tree
-        .status(other_parent)
-        .await
-        .children
-        .iter()
-        .find(|c| c.id == other)
-        .map(|c| c.assignment_id);
+    let before = tree.assignment_under(other_parent, other).await;
     rogue.send(
         other_parent,
         tree.address(other_parent),
@@ -92,13 +86,7 @@ async fn a_candidate_that_does_not_serve_moves_nobody() {
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim_counters = tree.counters(victim).await;
-    let after = tree
-        .status(other_parent)
-        .await
-        .children
-        .iter()
-        .find(|c| c.id == other)
-        .map(|c| c.assignment_id);
+    let after = tree.assignment_under(other_parent, other).await;
     assert!(victim_counters.dropped >= 1, "the placement was ignored");
     assert_eq!(before, after, "the release was ignored");
     rogue.shutdown().await;

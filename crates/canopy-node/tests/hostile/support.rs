@@ -106,6 +106,16 @@ impl Tree {
             .expect("node runs")
     }
 
+    /// The assignment id under which `parent` keeps `child`, if it does.
+    pub async fn assignment_under(&self, parent: NodeId, child: NodeId) -> Option<u64> {
+        self.status(parent)
+            .await
+            .children
+            .iter()
+            .find(|c| c.id == child)
+            .map(|c| c.assignment_id)
+    }
+
     /// The parent of one node.
     pub async fn parent(&self, id: NodeId) -> Option<NodeId> {
         self.cluster.node(id)?.handle.status().await?.parent
