@@ -167,29 +167,33 @@ impl CertificateAuthority {
         self.cluster.as_deref()
     }
 
-    /// Issues a node certificate for `identity` with a fresh P-256 key: DNS SAN
+    /// Issues a node certificate for `identity` with a fresh Ed25519 key: DNS SAN
     /// [`Identity::server_name`], URI SAN [`Identity::uri`], serverAuth + clientAuth.
+    ///
+    /// Certificates with ECDSA P-256 keys (issued before node keys were Ed25519) stay valid:
+    /// TLS and [`crate::Authority`] accept both kinds.
     pub fn issue(
         &self,
         identity: &Identity,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<IssuedCert, CertError> {
-        identity.validate().map_err(CertError::InvalidIdentity)?;
-        if let Some(cluster) = &self.cluster {
-            if *cluster != identity.cluster {
-                return Err(CertError::InvalidIdentity(format!(
-                    "this CA is for cluster {cluster:?}, not {:?}",
-                    identity.cluster
-                )));
-            }
-        }
-        if not_after <= not_before {
-            return Err(CertError::Validity(format!(
-                "not_after {not_after} is not after not_before {not_before}"
-            )));
-        }
-        let key = KeyPair::generate()?;
+        // Validate before generating a key, so a bad request costs nothing.
+        self.check_request(identity, not_before, not_after)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        self.issue_with_key(identity, not_before, not_after, key)
+    }
+
+    /// Issues a node certificate as [`CertificateAuthority::issue`] does, for a given key (tests
+    /// use it for ECDSA P-256 leaves, the kind issued before Ed25519).
+    pub(crate) fn issue_with_key(
+        &self,
+        identity: &Identity,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        key: KeyPair,
+    ) -> Result<IssuedCert, CertError> {
+        self.check_request(identity, not_before, not_after)?;
         let server_name = identity.server_name();
         let mut params = CertificateParams::default();
         params.not_before = not_before;
@@ -214,6 +218,30 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Refuses an identity this CA cannot certify and an empty validity period.
+    fn check_request(
+        &self,
+        identity: &Identity,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(), CertError> {
+        identity.validate().map_err(CertError::InvalidIdentity)?;
+        if let Some(cluster) = &self.cluster {
+            if *cluster != identity.cluster {
+                return Err(CertError::InvalidIdentity(format!(
+                    "this CA is for cluster {cluster:?}, not {:?}",
+                    identity.cluster
+                )));
+            }
+        }
+        if not_after <= not_before {
+            return Err(CertError::Validity(format!(
+                "not_after {not_after} is not after not_before {not_before}"
+            )));
+        }
+        Ok(())
     }
 }
 

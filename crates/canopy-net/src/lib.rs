@@ -10,7 +10,8 @@
 //! - [`certs`]: the cluster CA ([`CertificateAuthority`]), issuing node certificates,
 //!   [`parse_identity`].
 //! - [`authority`]: signing statements with the own certificate key and verifying others'
-//!   against the CA (the root's placement grants).
+//!   against the CA (the root's placement grants); [`CheckedCertificate`] and [`verify_with`]
+//!   check a certificate once and its holder's signatures cheaply many times.
 //! - [`tls`]: [`Credentials`] and the rustls / quinn configurations built from them.
 //! - [`config`]: [`NetConfig`], [`NetEvent`] and the endpoint's errors.
 //! - [`events`]: [`NetEvents`], the two receive lanes (control before data).
@@ -52,7 +53,7 @@ pub mod stats;
 pub mod sweep;
 pub mod tls;
 
-pub use authority::{Authority, SignatureError};
+pub use authority::{verify_with, Authority, CheckedCertificate, KeyAlgorithm, SignatureError};
 pub use certs::{default_validity, parse_identity, CertError, CertificateAuthority, IssuedCert};
 pub use config::{NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE};
 pub use endpoint::{NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};

@@ -3,10 +3,10 @@
 mod common;
 
 use canopy_net::{
-    default_validity, parse_identity, CertError, CertRole, CertificateAuthority, Credentials,
-    Identity,
+    default_validity, parse_identity, verify_with, Authority, CertError, CertRole,
+    CertificateAuthority, Credentials, Identity, KeyAlgorithm,
 };
-use common::{ca, identity, CLUSTER};
+use common::{ca, creds, ecdsa_creds, identity, CLUSTER};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;
 
@@ -198,4 +198,58 @@ fn node_id_zero_is_reserved() {
     zero.node_id = 0;
     let (not_before, not_after) = default_validity();
     assert!(ca.issue(&zero, not_before, not_after).is_err());
+}
+
+/// The OID of a certificate's public key algorithm.
+fn key_oid(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("parse");
+    cert.public_key().algorithm.algorithm.to_id_string()
+}
+
+#[test]
+fn node_keys_are_ed25519_and_the_ca_key_is_unchanged() {
+    let ca = ca();
+    let (not_before, not_after) = default_validity();
+    let cert = ca
+        .issue(&identity(1, CertRole::Router), not_before, not_after)
+        .expect("issue");
+    // id-Ed25519 (RFC 8410) for the node, id-ecPublicKey for the CA.
+    assert_eq!(key_oid(&der(&cert.cert_pem)), "1.3.101.112");
+    assert_eq!(key_oid(&der(&ca.cert_pem)), "1.2.840.10045.2.1");
+    assert!(cert.key_pem.contains("BEGIN PRIVATE KEY"));
+    // A CA reloaded from disk issues Ed25519 keys too.
+    let reloaded = CertificateAuthority::from_pem(&ca.cert_pem, &ca.key_pem).expect("reload");
+    let cert = reloaded
+        .issue(&identity(2, CertRole::Router), not_before, not_after)
+        .expect("issue");
+    assert_eq!(key_oid(&der(&cert.cert_pem)), "1.3.101.112");
+}
+
+#[test]
+fn ed25519_and_ecdsa_nodes_check_each_others_signatures() {
+    let ca = ca();
+    let old_creds = ecdsa_creds(&ca, 1, CertRole::RootCandidate);
+    old_creds
+        .verify()
+        .expect("an ECDSA P-256 leaf chains to the CA");
+    assert_eq!(key_oid(&old_creds.chain()[0]), "1.2.840.10045.2.1");
+    let old = Authority::new(&old_creds).expect("authority");
+    let new = Authority::new(&creds(&ca, 2, CertRole::RootCandidate)).expect("authority");
+    for (signer, verifier, algorithm) in [
+        (&old, &new, KeyAlgorithm::EcdsaP256),
+        (&new, &old, KeyAlgorithm::Ed25519),
+        (&new, &new, KeyAlgorithm::Ed25519),
+    ] {
+        let sig = signer.sign(b"place 7 under 3").expect("sign");
+        let who = verifier
+            .verify(signer.certificate(), b"place 7 under 3", &sig)
+            .expect("verifies");
+        let checked = verifier
+            .check_certificate(signer.certificate())
+            .expect("chains");
+        assert_eq!(checked.identity, who);
+        assert_eq!(checked.algorithm, algorithm);
+        assert!(verify_with(&checked, b"place 7 under 3", &sig));
+        assert!(!verify_with(&checked, b"place 7 under 4", &sig));
+    }
 }

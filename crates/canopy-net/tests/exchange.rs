@@ -202,3 +202,48 @@ async fn unframeable_messages_are_refused_locally() {
         Err(SendError::Shutdown)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_and_ed25519_nodes_link_both_ways() {
+    // During a rollout some nodes still hold ECDSA P-256 certificates, others Ed25519 ones.
+    init_tracing();
+    let ca = ca();
+    let (old, mut old_rx) = bind(ecdsa_creds(&ca, 1, CertRole::Router), NetConfig::default());
+    let (new, mut new_rx) = bind(creds(&ca, 2, CertRole::Router), NetConfig::default());
+    let (newer, mut newer_rx) = bind(creds(&ca, 3, CertRole::Client), NetConfig::default());
+
+    // ECDSA client, Ed25519 server.
+    old.send(2, Some(new.local_addr()), heartbeat(1, 1))
+        .expect("send");
+    assert_eq!(link_up(&mut new_rx, 1).await, identity(1, CertRole::Router));
+    let (from, msg) = message_from(&mut new_rx, 1, &[]).await;
+    assert_eq!(
+        (from, msg),
+        (identity(1, CertRole::Router), heartbeat(1, 1))
+    );
+    // Ed25519 client, ECDSA server.
+    newer
+        .send(1, Some(old.local_addr()), heartbeat(3, 2))
+        .expect("send");
+    assert_eq!(link_up(&mut old_rx, 3).await, identity(3, CertRole::Client));
+    let (_, msg) = message_from(&mut old_rx, 3, &[]).await;
+    assert_eq!(msg, heartbeat(3, 2));
+    // Ed25519 on both ends.
+    newer
+        .send(2, Some(new.local_addr()), heartbeat(3, 3))
+        .expect("send");
+    assert_eq!(link_up(&mut new_rx, 3).await, identity(3, CertRole::Client));
+    let (_, msg) = message_from(&mut new_rx, 3, &[]).await;
+    assert_eq!(msg, heartbeat(3, 3));
+    // And back over the links the others dialled.
+    new.send(1, None, heartbeat(2, 4)).expect("reply");
+    let (_, msg) = message_from(&mut old_rx, 2, &[]).await;
+    assert_eq!(msg, heartbeat(2, 4));
+    old.send(3, None, heartbeat(1, 5)).expect("reply");
+    let (_, msg) = message_from(&mut newer_rx, 1, &[]).await;
+    assert_eq!(msg, heartbeat(1, 5));
+
+    for endpoint in [old, new, newer] {
+        endpoint.shutdown().await;
+    }
+}

@@ -55,6 +55,61 @@ pub struct NodeConfig {
     /// Per-peer rate bounds.
     #[serde(default)]
     pub limits: PeerLimits,
+    /// The local application API (client nodes).
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// The replica of the key-value store (client nodes).
+    #[serde(default)]
+    pub kv: KvConfig,
+}
+
+/// Where a client node serves its application API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The Unix socket (relative to the file); only this user may connect.
+    #[serde(default = "default_api_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: default_api_socket(),
+        }
+    }
+}
+
+/// The socket a client node serves its API on when `[api] socket` is not given; the CLI
+/// uses the same default.
+pub fn default_api_socket() -> PathBuf {
+    PathBuf::from("api.sock")
+}
+
+/// A client node's replica of the key-value store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvConfig {
+    /// Where the replica keeps its records and values (sled; relative to the file).
+    #[serde(default = "default_kv_dir")]
+    pub data_dir: PathBuf,
+    /// The group key file (`canopy keys init`). Client nodes need it; routers and root
+    /// candidates must not have it, so they cannot read what they forward.
+    #[serde(default)]
+    pub group_keys: Option<PathBuf>,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            data_dir: default_kv_dir(),
+            group_keys: None,
+        }
+    }
+}
+
+fn default_kv_dir() -> PathBuf {
+    PathBuf::from("kv-data")
 }
 
 /// Which timer defaults a root group uses.
@@ -221,7 +276,12 @@ impl NodeConfig {
                 &mut config.tls.cert,
                 &mut config.tls.key,
                 &mut config.raft.data_dir,
-            ] {
+                &mut config.api.socket,
+                &mut config.kv.data_dir,
+            ]
+            .into_iter()
+            .chain(config.kv.group_keys.as_mut())
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }

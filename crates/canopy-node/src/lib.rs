@@ -6,13 +6,16 @@
 //! checks that every message is one the sender's certificate allows, and closes the link of
 //! a peer that oversteps its role. A root candidate also runs its `canopy-raft` group here:
 //! it serves as root while it leads, and commits the tree's structural decisions through
-//! Raft before acting on them. It must not depend on the simulator.
+//! Raft before acting on them. A client with group keys runs a replica task (`kv`) that
+//! drives the sans-IO `canopy-kv` replica from the node's deliveries and topology changes and
+//! answers the application API (`canopy-api`). It must not depend on the simulator.
 
 pub mod admin;
 mod authorize;
 mod candidate;
 mod config;
 mod grants;
+pub mod kv;
 pub mod limits;
 pub mod local;
 mod runtime;
@@ -20,11 +23,12 @@ mod tags;
 
 pub use authorize::{authorize, Refusal};
 pub use config::{
-    ConfigError, NodeConfig, RaftConfig, RaftProfile, RootCandidateConfig, TimerConfig, TlsConfig,
-    TreeShapeConfig,
+    default_api_socket, ApiConfig, ConfigError, KvConfig, NodeConfig, RaftConfig, RaftProfile,
+    RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
 };
 pub use runtime::{
-    spawn_candidate, spawn_node, Delivery, NodeCounters, NodeHandle, NodeStatus, SpawnError,
+    spawn_candidate, spawn_node, Delivery, MulticastTamper, NodeCounters, NodeHandle, NodeStatus,
+    SpawnError, Topology,
 };
 pub use tags::key_tag;
 

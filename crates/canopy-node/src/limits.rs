@@ -259,7 +259,7 @@ impl RateLimiter {
     ) -> Result<(), String> {
         let (rate, burst, what) = kind.params(limits);
         self.admitted += 1;
-        if self.admitted % 1024 == 0 {
+        if self.admitted.is_multiple_of(1024) {
             self.prune(limits, now);
         }
         let bucket = self.buckets.entry((peer, kind)).or_insert(Bucket {

@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use canopy_net::{Identity, NetEndpoint, NetEvent, SendError};
+use canopy_proto::v1::Multicast;
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::{
     ChildInfo, DropReason, Input, KeyTag, Node, NodeId, Output, RemovalReason, Role, RootCandidate,
     TreeConfig, TreeEvent,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -41,7 +42,7 @@ pub struct Delivery {
 }
 
 /// Messages and deliveries one node handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeCounters {
     pub control_sent: u64,
     pub control_received: u64,
@@ -108,6 +109,22 @@ pub enum SpawnError {
     NotACandidate(&'static str),
 }
 
+/// Where a node sits in the tree; it changes when the node reattaches or a new topology
+/// epoch comes down from the root (a root failover among them). The KV layer asks for what
+/// it missed whenever it changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub epoch: u64,
+    pub parent: Option<NodeId>,
+}
+
+/// Fault injection for tests: sees every multicast this node is about to send to `to` and
+/// returns what to send instead (nothing drops it; several send them in order). Used to
+/// play a hostile router that flips bytes, replays, rewrites origins, drops or reorders.
+pub type MulticastTamper = Box<dyn FnMut(NodeId, Multicast) -> Vec<Multicast> + Send>;
+
+type SharedTamper = Arc<std::sync::Mutex<Option<MulticastTamper>>>;
+
 enum Command {
     Subscribe(KeyTag),
     Unsubscribe(KeyTag),
@@ -125,6 +142,8 @@ pub struct NodeHandle {
     net: NetEndpoint,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     group: Option<canopy_raft::RootGroup>,
+    topology: watch::Receiver<Topology>,
+    tamper: SharedTamper,
 }
 
 impl NodeHandle {
@@ -176,6 +195,18 @@ impl NodeHandle {
     /// [`NetEndpoint::set_blocked`].
     pub fn set_blocked(&self, addrs: Vec<SocketAddr>) {
         self.net.set_blocked(addrs);
+    }
+
+    /// Follows the node's place in the tree (epoch and parent).
+    pub fn topology(&self) -> watch::Receiver<Topology> {
+        self.topology.clone()
+    }
+
+    /// Installs (or with `None` removes) a [`MulticastTamper`]: fault injection only.
+    pub fn set_multicast_tamper(&self, tamper: Option<MulticastTamper>) {
+        if let Ok(mut slot) = self.tamper.lock() {
+            *slot = tamper;
+        }
     }
 
     /// The transport's counters (refusals and closes by reason, live connections).
@@ -313,6 +344,8 @@ fn spawn(
     }
     let (commands, command_rx) = mpsc::channel(1024);
     let (deliveries, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
+    let (topology_tx, topology) = watch::channel(Topology::default());
+    let tamper = SharedTamper::default();
     let (candidate, channels) = match &group {
         Some(group) => {
             let (candidate, channels) = Candidate::new(group.clone());
@@ -336,6 +369,8 @@ fn spawn(
         admin_permits: Arc::new(tokio::sync::Semaphore::new(
             crate::admin::MAX_ADMIN_IN_FLIGHT,
         )),
+        topology: topology_tx,
+        tamper: tamper.clone(),
     };
     let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
@@ -344,6 +379,8 @@ fn spawn(
         net,
         task: Arc::new(std::sync::Mutex::new(Some(task))),
         group,
+        topology,
+        tamper,
     };
     Ok((handle, delivery_rx))
 }
@@ -373,6 +410,8 @@ pub(crate) struct Runtime {
     closing: HashMap<NodeId, Instant>,
     /// Operator requests answered at once (each may wait on Raft).
     pub(crate) admin_permits: Arc<tokio::sync::Semaphore>,
+    topology: watch::Sender<Topology>,
+    tamper: SharedTamper,
 }
 
 impl Runtime {
@@ -388,6 +427,15 @@ impl Runtime {
             self.apply(output);
         }
         self.outputs = outputs;
+        let topology = Topology {
+            epoch: self.node.epoch(),
+            parent: self.node.parent(),
+        };
+        self.topology.send_if_modified(|seen| {
+            let changed = *seen != topology;
+            *seen = topology;
+            changed
+        });
     }
 
     async fn run(
@@ -642,6 +690,27 @@ impl Runtime {
     }
 
     pub(crate) fn send(&mut self, to: NodeId, msg: ControlMessage) {
+        if let Some(Body::Multicast(multicast)) = &msg.body {
+            let tampered = match self.tamper.lock() {
+                Ok(mut slot) => slot.as_mut().map(|tamper| tamper(to, multicast.clone())),
+                Err(_) => None,
+            };
+            if let Some(replacements) = tampered {
+                for multicast in replacements {
+                    self.send_untampered(
+                        to,
+                        ControlMessage {
+                            body: Some(Body::Multicast(multicast)),
+                        },
+                    );
+                }
+                return;
+            }
+        }
+        self.send_untampered(to, msg);
+    }
+
+    fn send_untampered(&mut self, to: NodeId, msg: ControlMessage) {
         if matches!(msg.body, Some(Body::Multicast(_))) {
             self.counters.multicast_sent += 1;
         } else {

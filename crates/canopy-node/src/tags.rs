@@ -1,28 +1,24 @@
-//! Key tags: what routers see of an application key.
+//! Tags for raw multicasts (benchmarks, the hostile suite): what routers filter on.
+//!
+//! Application keys never use this: a replica tags a key with `canopy_kv::tag_of`, keyed
+//! with the group's tag secret that routers do not hold. These tags are keyed only with the
+//! cluster's name, so anyone who knows it can compute them; they carry no application key.
 
-use std::hash::{Hash, Hasher};
+use canopy_tree::KeyTag;
 
-use canopy_tree::{KeyTag, BROADCAST_TAG};
-
-/// The tag of `key` in `cluster`: an opaque hash, so routers filter on it without learning
-/// the key. (The KV layer will key this hash with the group's data key.)
-pub fn key_tag(cluster: &str, key: &str) -> KeyTag {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    "canopy-key-tag".hash(&mut hasher);
-    cluster.hash(&mut hasher);
-    key.hash(&mut hasher);
-    match hasher.finish() {
-        BROADCAST_TAG => 1,
-        tag => tag,
-    }
+/// The tag of `name` for raw multicasts in `cluster`: HMAC-SHA256 keyed with the cluster
+/// name (stable across builds and platforms, never the broadcast tag).
+pub fn key_tag(cluster: &str, name: &str) -> KeyTag {
+    canopy_kv::channel_tag(cluster.as_bytes(), name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use canopy_tree::BROADCAST_TAG;
 
     #[test]
-    fn tags_differ_by_key_and_cluster_and_are_stable() {
+    fn tags_differ_by_name_and_cluster_and_are_stable() {
         assert_eq!(key_tag("c", "a"), key_tag("c", "a"));
         assert_ne!(key_tag("c", "a"), key_tag("c", "b"));
         assert_ne!(key_tag("c", "a"), key_tag("d", "a"));

@@ -6,15 +6,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
+use canopy_kv::Change;
+use canopy_node::local::LocalKvClient;
 use canopy_node::local::{LocalCluster, LocalClusterSpec};
-use canopy_node::{key_tag, NodeCounters};
-use canopy_tree::{KeyTag, NodeId};
+use canopy_node::NodeCounters;
+use canopy_tree::NodeId;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
 
 use crate::report;
+use crate::tap::{print_record_views, RouterTap};
 
 const KEYS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 
@@ -50,7 +54,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 /// Which keys client number `i` wants: one key, and every third client a second one.
 fn client_keys(i: usize) -> Vec<&'static str> {
     let mut keys = vec![KEYS[i % KEYS.len()]];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         keys.push(KEYS[(i + 1) % KEYS.len()]);
     }
     keys
@@ -77,8 +81,6 @@ async fn drive(
     args: &DemoArgs,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    let name = cluster.name().to_owned();
-    let tag_of = |key: &str| key_tag(&name, key);
     eprintln!(
         "canopy demo: {} root candidates (Raft) + {} routers + {} clients on 127.0.0.1, QUIC \
          with mutual TLS (ring)",
@@ -98,13 +100,25 @@ async fn drive(
         .await
         .map_err(anyhow::Error::msg)?;
     progress.finish_and_clear();
-    let mut wants: HashMap<NodeId, HashSet<KeyTag>> = HashMap::new();
+    let mut wants: HashMap<NodeId, HashSet<&'static str>> = HashMap::new();
     let mut clients = Vec::new();
+    let (change_tx, mut changes) = mpsc::unbounded_channel::<(NodeId, Change)>();
     for i in 0..args.clients {
-        let tags: Vec<KeyTag> = client_keys(i).into_iter().map(&tag_of).collect();
-        let node = cluster.add_client(tags.clone()).await?;
-        wants.insert(node.identity.node_id, tags.into_iter().collect());
-        clients.push(node.identity.node_id);
+        let keys = client_keys(i);
+        let client = cluster.add_kv_client(&[]).await?;
+        for key in &keys {
+            let mut watch = client.kv.changes(key).await?;
+            let (tx, id) = (change_tx.clone(), client.id());
+            tokio::spawn(async move {
+                while let Some(change) = watch.recv().await {
+                    if tx.send((id, change)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        wants.insert(client.id(), keys.into_iter().collect());
+        clients.push(client);
     }
     let total = 1 + args.routers + args.clients;
     let progress = bar(total as u64, "nodes attached");
@@ -117,59 +131,61 @@ async fn drive(
     progress.finish_and_clear();
     // Interest travels up in batched heartbeats; a few rounds are plenty on loopback.
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // Whatever catch-up brought in while joining is not part of what is counted below.
+    while changes.try_recv().is_ok() {}
 
+    let tap = RouterTap::install(cluster);
     let before: HashMap<NodeId, NodeCounters> = cluster.counters().await;
-    cluster.take_deliveries();
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut owed: HashMap<(NodeId, u64), HashSet<NodeId>> = HashMap::new();
-    let mut seqs: HashMap<NodeId, u64> = HashMap::new();
+    let mut shown: Option<(NodeId, u64, String, String)> = None;
     let mut expected = 0u64;
     for i in 0..args.publishes {
-        let publisher = clients[rng.random_range(0..clients.len())];
+        let publisher = &clients[rng.random_range(0..clients.len())];
         let key = KEYS[rng.random_range(0..KEYS.len())];
-        let tag = tag_of(key);
+        let value = format!("demo write {i} to {key}");
+        let written = publisher.kv.put(key, Bytes::from(value.clone())).await?;
+        // Every replica watching the key sees the write once, the writer's own included.
         let receivers: HashSet<NodeId> = wants
             .iter()
-            .filter(|(id, tags)| **id != publisher && tags.contains(&tag))
+            .filter(|(_, keys)| keys.contains(key))
             .map(|(id, _)| *id)
             .collect();
         expected += receivers.len() as u64;
-        let seq = seqs.entry(publisher).or_insert(0);
-        *seq += 1;
-        owed.insert((publisher, *seq), receivers);
-        if let Some(node) = cluster.node(publisher) {
-            let payload = Bytes::from(format!("demo write {i} to {key}"));
-            node.handle.publish(tag, payload).await;
+        if shown.is_none() && receivers.iter().any(|r| *r != publisher.id()) {
+            shown = Some((written.origin, written.origin_seq, key.to_owned(), value));
         }
+        owed.insert((written.origin, written.origin_seq), receivers);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let progress = bar(expected, "deliveries");
-    let mut seen: HashSet<(NodeId, NodeId, u64)> = HashSet::new();
-    let (mut delivered, mut duplicates, mut unwanted) = (0u64, 0u64, 0u64);
+    let progress = bar(expected, "changes applied");
+    let mut tally = Tally::default();
+    let shown_id = shown.as_ref().map(|s| (s.0, s.1));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered < expected && Instant::now() < deadline {
-        let Some(d) = cluster.next_delivery(Duration::from_millis(200)).await else {
-            continue;
-        };
-        let owed_here = owed.get(&(d.origin, d.origin_seq));
-        if !owed_here.is_some_and(|r| r.contains(&d.receiver)) {
-            unwanted += 1;
-        } else if seen.insert((d.receiver, d.origin, d.origin_seq)) {
-            delivered += 1;
-            progress.set_position(delivered);
-        } else {
-            duplicates += 1;
+    while tally.delivered < expected && Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await;
+        if let Ok(Some((receiver, change))) = next {
+            tally.count(&owed, shown_id, receiver, change);
+            progress.set_position(tally.delivered);
         }
     }
     progress.finish_and_clear();
     // Late duplicates would show up now.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for d in cluster.take_deliveries() {
-        if seen.contains(&(d.receiver, d.origin, d.origin_seq)) {
-            duplicates += 1;
-        } else {
-            unwanted += 1;
-        }
+    while let Ok((receiver, change)) = changes.try_recv() {
+        tally.count(&owed, shown_id, receiver, change);
+    }
+    let Tally {
+        delivered,
+        duplicates,
+        unwanted,
+        arrival,
+        ..
+    } = tally;
+    let rejected = replica_rejections(&clients).await;
+    tap.remove(cluster);
+    if let Some((origin, seq, key, value)) = &shown {
+        print_record_views(cluster, &tap, (*origin, *seq, key, value), arrival.as_ref());
     }
 
     let statuses = cluster.statuses().await;
@@ -190,10 +206,11 @@ async fn drive(
     println!();
     print!("{}", report::message_table(&statuses, &before, publishes));
     println!();
-    let ok = delivered == expected && duplicates == 0 && unwanted == 0;
+    let ok = delivered == expected && duplicates == 0 && unwanted == 0 && rejected == 0;
     println!(
-        "{}: {delivered}/{expected} owed deliveries arrived, {duplicates} duplicates, {unwanted} \
-         unwanted; busiest node handled {max_node:.2} multicast messages per publish ({:.1} s)",
+        "{}: {delivered}/{expected} owed changes applied (verified and opened), {duplicates} \
+         duplicates, {unwanted} unwanted, {rejected} records rejected; busiest node handled \
+         {max_node:.2} multicast messages per write ({:.1} s)",
         if ok { "OK" } else { "FAILED" },
         started.elapsed().as_secs_f64()
     );
@@ -206,6 +223,7 @@ async fn drive(
             "expected": expected,
             "duplicates": duplicates,
             "unwanted": unwanted,
+            "rejected": rejected,
             "max_node_msgs_per_multicast": max_node,
             "root_msgs_per_multicast": per_node(root),
             "root": root,
@@ -220,4 +238,56 @@ async fn drive(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Records the replicas refused as forged, tampered with, replayed or equivocated: none in
+/// a healthy demo. (Duplicates between overlapping catch-up answers are normal.)
+async fn replica_rejections(clients: &[LocalKvClient]) -> u64 {
+    let mut rejected = 0;
+    for client in clients {
+        if let Some(c) = client.kv.counters().await {
+            rejected += c.malformed
+                + c.forged_origin
+                + c.wrong_tag
+                + c.bad_certificate
+                + c.bad_signature
+                + c.replay
+                + c.chain_break
+                + c.bad_seal;
+        }
+    }
+    rejected
+}
+
+/// The changes the subscribers' applications saw, against what they were owed.
+#[derive(Default)]
+struct Tally {
+    seen: HashSet<(NodeId, NodeId, u64)>,
+    delivered: u64,
+    duplicates: u64,
+    unwanted: u64,
+    /// The shown record as a subscriber other than its writer applied it.
+    arrival: Option<(NodeId, Change)>,
+}
+
+impl Tally {
+    fn count(
+        &mut self,
+        owed: &HashMap<(NodeId, u64), HashSet<NodeId>>,
+        shown: Option<(NodeId, u64)>,
+        receiver: NodeId,
+        change: Change,
+    ) {
+        let record = (change.origin, change.origin_seq);
+        if !owed.get(&record).is_some_and(|r| r.contains(&receiver)) {
+            self.unwanted += 1;
+        } else if self.seen.insert((receiver, record.0, record.1)) {
+            self.delivered += 1;
+            if shown == Some(record) && receiver != change.origin && self.arrival.is_none() {
+                self.arrival = Some((receiver, change));
+            }
+        } else {
+            self.duplicates += 1;
+        }
+    }
 }

@@ -5,8 +5,11 @@ mod certs;
 mod cluster;
 mod demo;
 mod failover;
+mod keys;
+mod kv;
 mod report;
 mod run;
+mod tap;
 
 use std::path::PathBuf;
 
@@ -31,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+    /// Create and rotate the group key material client nodes seal records with.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// The root group: status and membership (needs an admin certificate).
     Cluster {
         #[command(subcommand)]
@@ -43,6 +51,18 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Write a value through a running client node's API socket.
+    Put(kv::PutArgs),
+    /// Print a key's value from a running client node's replica (exit 1 if absent).
+    Get(kv::GetArgs),
+    /// Delete a key through a running client node's API socket.
+    Del(kv::DelArgs),
+    /// List the entries under a key prefix in a running client node's replica.
+    Scan(kv::ScanArgs),
+    /// A running node's status through its API socket (any role).
+    Status(kv::StatusArgs),
+    /// Print the changes to a key, or to a prefix ending in '/', as they happen.
+    Watch(kv::WatchArgs),
 }
 
 fn init_logging(default: &str) {
@@ -74,9 +94,16 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run { config } => run::run(&config).await,
             Command::Certs { command } => certs::run(command),
+            Command::Keys { command } => keys::run(command),
             Command::Cluster { command } => cluster::run(command).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Put(args) => kv::put(args).await,
+            Command::Get(args) => kv::get(args).await,
+            Command::Del(args) => kv::del(args).await,
+            Command::Scan(args) => kv::scan(args).await,
+            Command::Watch(args) => kv::watch(args).await,
+            Command::Status(args) => kv::status(args).await,
         }
     });
     match result {

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use canopy_net::{CertRole, Credentials, NetConfig, NetEndpoint};
-use canopy_node::{key_tag, spawn_candidate, spawn_node, NodeConfig};
+use canopy_node::kv::{replica_config, spawn_kv, KvNode, NodeApi, NodeCredentials};
+use canopy_node::{spawn_candidate, spawn_node, Delivery, NodeConfig, NodeHandle};
 use canopy_raft::{GroupConfig, RootGroup};
 use canopy_tree::RootCandidate;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(config_path)?;
@@ -42,12 +43,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let limits = config.limits.clone();
-    let tags = config
-        .subscribe
-        .iter()
-        .map(|k| key_tag(&identity.cluster, k))
-        .collect();
-    let (handle, mut deliveries) = if identity.role == CertRole::RootCandidate {
+    if identity.role != CertRole::Client {
+        if let Some(keys) = &config.kv.group_keys {
+            anyhow::bail!(
+                "{}: kv.group_keys: a {} must not hold the group key file ({}); only client \
+                 nodes open what the tree carries",
+                config_path.display(),
+                identity.role.as_str(),
+                keys.display()
+            );
+        }
+        if !config.subscribe.is_empty() {
+            anyhow::bail!(
+                "{}: subscribe: only client nodes subscribe to keys (this is a {})",
+                config_path.display(),
+                identity.role.as_str()
+            );
+        }
+    }
+    let authority = endpoint.authority().clone();
+    let (handle, deliveries) = if identity.role == CertRole::RootCandidate {
         let timers = config.raft.timers().map_err(|(key, message)| {
             anyhow::anyhow!("{}: {key}: {message}", config_path.display())
         })?;
@@ -89,9 +104,37 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             tree,
             roots,
             seed_from_clock(),
-            tags,
+            Vec::new(),
             limits,
         )?
+    };
+    let (kv, mut deliveries) = match (&config.kv.group_keys, identity.role) {
+        (Some(keys), CertRole::Client) => {
+            let keys = canopy_kv::GroupKeys::load(keys)?;
+            let replica = canopy_kv::Replica::open(
+                &config.kv.data_dir,
+                replica_config(),
+                std::sync::Arc::new(NodeCredentials::new(authority, identity.node_id)),
+                keys,
+            )
+            .with_context(|| format!("opening the replica in {}", config.kv.data_dir.display()))?;
+            let kv = spawn_kv(handle.clone(), deliveries, replica);
+            for pattern in &config.subscribe {
+                kv.subscribe(pattern).await.with_context(|| {
+                    format!("{}: subscribe: {pattern:?}", config_path.display())
+                })?;
+            }
+            (Some(kv), None)
+        }
+        (None, CertRole::Client) => {
+            warn!(
+                "{}: no kv.group_keys: this client holds no replica and cannot read what it \
+                 receives (create the file with `canopy keys init`)",
+                config_path.display()
+            );
+            (None, Some(deliveries))
+        }
+        _ => (None, Some(deliveries)),
     };
     info!(
         node = identity.node_id,
@@ -99,20 +142,51 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         listen = %handle.address(),
         "node running"
     );
-    loop {
-        tokio::select! {
-            d = deliveries.recv() => match d {
-                Some(d) => info!(origin = d.origin, seq = d.origin_seq, bytes = d.payload.len(), "delivery"),
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => {
-                info!("leaving the tree");
-                handle.leave().await;
-                break;
-            }
-        }
+    let api = serve_api(&config, &handle, identity.role, kv.clone());
+    tokio::select! {
+        result = api => result?,
+        () = drain(deliveries.as_mut()) => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
+    info!("leaving the tree");
+    if let Some(kv) = &kv {
+        kv.stop().await;
+    }
+    handle.leave().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the application API on the configured socket until the node stops.
+async fn serve_api(
+    config: &NodeConfig,
+    handle: &NodeHandle,
+    role: CertRole,
+    kv: Option<KvNode>,
+) -> anyhow::Result<()> {
+    let api = NodeApi::new(handle.clone(), role.as_str(), kv);
+    info!(socket = %config.api.socket.display(), "serving the application API");
+    canopy_api::serve(
+        &config.api.socket,
+        std::sync::Arc::new(api),
+        std::future::pending(),
+    )
+    .await
+    .with_context(|| format!("serving the API on {}", config.api.socket.display()))
+}
+
+/// Deliveries nobody opens (a router, or a client without group keys) are only logged.
+async fn drain(deliveries: Option<&mut tokio::sync::mpsc::Receiver<Delivery>>) {
+    let Some(deliveries) = deliveries else {
+        return std::future::pending().await;
+    };
+    while let Some(d) = deliveries.recv().await {
+        debug!(
+            origin = d.origin,
+            seq = d.origin_seq,
+            bytes = d.payload.len(),
+            "delivery"
+        );
+    }
 }
 
 /// A seed for the node's placement tie-breaking; it need not be secret, only differ

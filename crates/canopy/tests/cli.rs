@@ -9,33 +9,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{canopy, free_port, issue, ok, Running};
+use common::{canopy, free_port, issue, node_config, ok, Running};
 
 fn write_config(dir: &Path, id: u64, port: u16, root_port: u16) -> std::path::PathBuf {
-    let path = dir.join(format!("node-{id}.toml"));
-    let text = format!(
-        r#"listen = "127.0.0.1:{port}"
-region = "lab"
-subscribe = ["k"]
-
-[tls]
-ca = "certs/ca.pem"
-cert = "certs/node-{id}.pem"
-key = "certs/node-{id}.key"
-
-[[root_candidates]]
-id = 1
-address = "127.0.0.1:{root_port}"
-
-[timers]
-heartbeat_ms = 200
-child_timeout_ms = 1000
-parent_timeout_ms = 1000
-join_timeout_ms = 400
-"#
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    node_config(dir, id, port, root_port, "")
 }
 
 #[test]

@@ -32,7 +32,8 @@ impl Lab {
             "listen = \"127.0.0.1:{port}\"\nregion = \"lab\"\n\n[tls]\nca = \"certs/ca.pem\"\n\
              cert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\n[timers]\n\
              heartbeat_ms = 200\nchild_timeout_ms = 1000\nparent_timeout_ms = 1000\n\
-             join_timeout_ms = 400\n\n[raft]\nbootstrap = {bootstrap}\n"
+             join_timeout_ms = 400\n\n[raft]\nbootstrap = {bootstrap}\n\n\
+             [api]\nsocket = \"node-{id}.sock\"\n"
         );
         for (cid, cport) in candidates {
             text.push_str(&format!(

@@ -18,6 +18,9 @@ use crate::limits::PeerLimits;
 use crate::{spawn_node, Delivery, NodeHandle, NodeStatus};
 
 mod candidates;
+mod kv;
+
+pub use kv::LocalKvClient;
 
 /// Id of the first root candidate (candidates are 1, 2, …); routers and clients count up
 /// from the constants below.
@@ -115,6 +118,9 @@ pub struct LocalCluster {
     next_client: NodeId,
     delivery_tx: mpsc::UnboundedSender<Delivery>,
     deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// The group key material every client of this cluster holds (routers never do).
+    group_keys: canopy_kv::GroupKeys,
+    kv_clients: Vec<LocalKvClient>,
 }
 
 impl LocalCluster {
@@ -146,6 +152,8 @@ impl LocalCluster {
             next_client: FIRST_CLIENT_ID,
             delivery_tx,
             deliveries,
+            group_keys: canopy_kv::GroupKeys::generate()?,
+            kv_clients: Vec::new(),
         };
         let mut endpoints = Vec::new();
         for id in (ROOT_ID..).take(cluster.spec.candidates) {
@@ -223,9 +231,30 @@ impl LocalCluster {
         subscriptions: Vec<KeyTag>,
         roots: Vec<RootCandidate>,
     ) -> anyhow::Result<LocalNode> {
+        let (node, deliveries) = self.spawn_bare(endpoint, events, subscriptions, roots)?;
+        let tx = self.delivery_tx.clone();
+        let mut deliveries = deliveries;
+        tokio::spawn(async move {
+            while let Some(d) = deliveries.recv().await {
+                if tx.send(d).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    /// Starts a node whose deliveries go to the caller.
+    fn spawn_bare(
+        &mut self,
+        endpoint: NetEndpoint,
+        events: canopy_net::NetEvents,
+        subscriptions: Vec<KeyTag>,
+        roots: Vec<RootCandidate>,
+    ) -> anyhow::Result<(LocalNode, mpsc::Receiver<Delivery>)> {
         let identity = endpoint.identity().clone();
         let seed = self.node_seed(identity.node_id);
-        let (handle, mut deliveries) = spawn_node(
+        let (handle, deliveries) = spawn_node(
             endpoint,
             events,
             self.spec.tree.clone(),
@@ -234,21 +263,13 @@ impl LocalCluster {
             subscriptions.clone(),
             self.spec.limits.clone(),
         )?;
-        let tx = self.delivery_tx.clone();
-        tokio::spawn(async move {
-            while let Some(d) = deliveries.recv().await {
-                if tx.send(d).is_err() {
-                    break;
-                }
-            }
-        });
         let node = LocalNode {
             identity,
             handle,
             subscriptions,
         };
         self.nodes.push(node.clone());
-        Ok(node)
+        Ok((node, deliveries))
     }
 
     /// Starts a router.
@@ -409,6 +430,9 @@ impl LocalCluster {
 
     /// Stops every node.
     pub async fn shutdown(&self) {
+        for client in &self.kv_clients {
+            client.kv.stop().await;
+        }
         let mut stopping = tokio::task::JoinSet::new();
         for node in &self.nodes {
             let handle = node.handle.clone();

@@ -65,7 +65,11 @@ async fn interest_churn_is_charged_per_tag() {
             continue;
         }
         for i in 0..per_tick {
-            let msg = if (sent + i) % 2 == 0 { &add } else { &remove };
+            let msg = if (sent + i).is_multiple_of(2) {
+                &add
+            } else {
+                &remove
+            };
             rogue.send(parent, addr, msg.clone());
         }
         sent += per_tick;

@@ -1,5 +1,6 @@
 //! Helpers shared by the CLI tests: the binary, processes that die with the test, free ports.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 pub fn canopy() -> Command {
@@ -50,4 +51,38 @@ pub fn issue(dir: &str, id: u64, role: &str) -> String {
         "--region",
         "lab",
     ]))
+}
+
+/// Writes `node-ID.toml` in `dir` for a node of cluster "lab" (certificates under
+/// `dir/certs`, API socket `node-ID.sock`) whose root candidate 1 listens on `root_port`;
+/// `extra` goes after `region` (top-level keys first, then tables). The file ends with the
+/// `[timers]` table, so a test can append timer keys.
+#[allow(dead_code)] // each test binary compiles this module; not all write configurations
+pub fn node_config(dir: &Path, id: u64, port: u16, root_port: u16, extra: &str) -> PathBuf {
+    let path = dir.join(format!("node-{id}.toml"));
+    let text = format!(
+        r#"listen = "127.0.0.1:{port}"
+region = "lab"
+{extra}
+[api]
+socket = "node-{id}.sock"
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node-{id}.pem"
+key = "certs/node-{id}.key"
+
+[[root_candidates]]
+id = 1
+address = "127.0.0.1:{root_port}"
+
+[timers]
+heartbeat_ms = 200
+child_timeout_ms = 1000
+parent_timeout_ms = 1000
+join_timeout_ms = 400
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }

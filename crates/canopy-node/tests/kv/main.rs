@@ -1,0 +1,8 @@
+//! The key-value layer over real nodes on loopback (QUIC, mutual TLS): hostile routers and
+//! clients against sealed, signed, hash-chained records, and convergence through failures.
+
+mod clients;
+mod convergence;
+mod durability;
+mod support;
+mod tamper;
