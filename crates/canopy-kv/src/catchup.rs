@@ -12,7 +12,7 @@
 //! byte of SHA-256(request_id || own node id) is below 96 (about 3 in 8 replicas, a different
 //! random-looking set for every request, so a retry draws different answerers).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use canopy_proto::v1::{
@@ -37,8 +37,12 @@ pub const MAX_FOLLOW_UPS_PER_MINUTE: u32 = 64;
 /// Answers per requester per second.
 pub const MAX_ANSWERS_PER_SECOND: u32 = 4;
 /// Requests issued further than this from the receiver's clock are ignored (replayed old
-/// requests must not make replicas answer again).
-pub const REQUEST_SKEW_MS: u64 = 60_000;
+/// requests must not make replicas answer again). Equal to the request lifetime: a request
+/// whose reply key has expired at the requester is of no use to anyone, so a replay of it must
+/// already be refused as stale. (It was 60 s, twice the lifetime: an eavesdropper could replay
+/// a requester's expired requests and spend its answer budget.) The replay filter holds every
+/// request until it falls outside this window, so it needs no other eviction.
+pub const REQUEST_SKEW_MS: u64 = REQUEST_TTL_MS;
 /// Opportunistic requests (unknown signer, a peer announcing a head ahead of ours): at most one
 /// per tag this often.
 pub const OPPORTUNISTIC_INTERVAL_MS: u64 = 1_000;
@@ -46,6 +50,19 @@ pub const OPPORTUNISTIC_INTERVAL_MS: u64 = 1_000;
 pub const GAP_RETRY_MS: u64 = 2_000;
 /// Bound of the rate-limit maps and of the seen-request set.
 const MAX_TRACKED: usize = 4096;
+/// Entries one requester may hold in the replay filter (requests within the skew window). A
+/// requester flooding the filter is refused its own requests before it can fill the filter for
+/// everyone (an honest requester sends a few per second at most, and is answered at most
+/// `MAX_ANSWERS_PER_SECOND` times anyway).
+const MAX_SEEN_PER_REQUESTER: usize = MAX_TRACKED / 8;
+/// A follow-up request (for an answer that said `more`) that draws no answer is asked again
+/// this much later: a responder answers one requester at most `MAX_ANSWERS_PER_SECOND` times a
+/// second and drops the rest, so a long history would otherwise stall until the periodic
+/// safety net. One answer-rate window.
+pub const FOLLOW_UP_RETRY_MS: u64 = 1_000;
+/// Consecutive retries of one follow-up without progress before giving up (the gap retry and
+/// the periodic catch-up remain).
+pub const MAX_FOLLOW_UP_RETRIES: u32 = 3;
 
 pub(crate) struct Outstanding {
     pub tag: u64,
@@ -53,16 +70,30 @@ pub(crate) struct Outstanding {
     pub expires_ms: u64,
 }
 
+/// A pending retry of a tag's follow-up request.
+pub(crate) struct FollowUpRetry {
+    pub due_ms: u64,
+    pub attempts: u32,
+}
+
 #[derive(Default)]
 pub(crate) struct CatchupState {
     pub next_periodic: Option<u64>,
     pub gap_due: HashMap<u64, u64>,
+    /// Tags on which a record was dropped (parking full): the gap is asked for even though
+    /// nothing of it is parked, until a catch-up answer on the tag brings something new.
+    pub gap_dropped: HashSet<u64>,
     pub outstanding: HashMap<u64, Outstanding>,
     pub last_opportunistic: HashMap<u64, u64>,
     pub follow_ups: HashMap<u64, (u64, u32)>,
+    /// Per tag: the follow-up to ask again if no answer makes progress first.
+    pub follow_up_retry: HashMap<u64, FollowUpRetry>,
     pub answers: HashMap<u64, (u64, u32)>,
-    pub seen: VecDeque<(u64, u64)>,
+    /// The replay filter: (expiry, requester, request id), expiry = issued_at + skew, so the
+    /// oldest entry is the first to fall out of the accepted window.
+    pub seen: BTreeSet<(u64, u64, u64)>,
     pub seen_set: HashSet<(u64, u64)>,
+    pub seen_per_requester: HashMap<u64, usize>,
 }
 
 /// A fixed-window rate limit: at most `max` per `window_ms` per key, map bounded.
@@ -95,7 +126,8 @@ fn random_u64(config: &ReplicaConfig) -> u64 {
 fn jittered(config: &ReplicaConfig, now: u64) -> u64 {
     let base = config.catchup_interval_ms.max(1);
     let spread = base / 2;
-    now + base - base / 4 + random_u64(config) % spread.max(1)
+    now.saturating_add(base - base / 4)
+        .saturating_add(random_u64(config) % spread.max(1))
 }
 
 impl CatchupState {
@@ -104,11 +136,71 @@ impl CatchupState {
             self.next_periodic = Some(jittered(config, now));
         }
     }
+
+    /// Admits a request into the replay filter. Entries are dropped only once their request
+    /// is outside the accepted skew (and so refused as stale anyway): evicting fresher
+    /// entries would let a flood of cheap requests re-admit replays. A full filter refuses new
+    /// requests instead, and one requester may hold only its share of it.
+    fn admit(
+        &mut self,
+        requester: u64,
+        request_id: u64,
+        issued_at_ms: u64,
+        now: u64,
+    ) -> Result<(), Reject> {
+        while let Some(&(expiry, r, id)) = self.seen.first() {
+            if expiry >= now {
+                break;
+            }
+            self.seen.pop_first();
+            self.seen_set.remove(&(r, id));
+            if let Some(n) = self.seen_per_requester.get_mut(&r) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.seen_per_requester.remove(&r);
+                }
+            }
+        }
+        if self.seen_set.contains(&(requester, request_id)) {
+            return Err(Reject::Replay);
+        }
+        if self
+            .seen_per_requester
+            .get(&requester)
+            .copied()
+            .unwrap_or(0)
+            >= MAX_SEEN_PER_REQUESTER
+        {
+            return Err(Reject::RateLimited);
+        }
+        if self.seen_set.len() >= MAX_TRACKED {
+            return Err(Reject::ReplayFilterFull);
+        }
+        let expiry = issued_at_ms.saturating_add(REQUEST_SKEW_MS);
+        self.seen.insert((expiry, requester, request_id));
+        self.seen_set.insert((requester, request_id));
+        *self.seen_per_requester.entry(requester).or_insert(0) += 1;
+        Ok(())
+    }
 }
 
 impl Replica {
-    /// A signed catch-up request on `tag`, remembering its reply secret.
-    pub(crate) fn request_catchup(&mut self, tag: u64, now_ms: u64) -> Option<Publish> {
+    /// A signed catch-up request on `tag`, remembering its reply secret. When all
+    /// `MAX_OUTSTANDING` slots are taken, the oldest is given up only if `evict`: requests
+    /// that anyone can provoke (an unknown signer, an announced head) never take a slot from
+    /// one in progress.
+    pub(crate) fn request_catchup_with(
+        &mut self,
+        tag: u64,
+        now_ms: u64,
+        evict: bool,
+    ) -> Option<Publish> {
+        self.catchup
+            .outstanding
+            .retain(|_, r| r.expires_ms > now_ms);
+        if !evict && self.catchup.outstanding.len() >= MAX_OUTSTANDING {
+            return None;
+        }
         let secret = unicast::new_secret(self.config.entropy.as_ref())?;
         let request_id = random_u64(&self.config);
         let mut have: Vec<ChainPosition> = self
@@ -150,7 +242,7 @@ impl Replica {
             crate::catchup::Outstanding {
                 tag,
                 secret,
-                expires_ms: now_ms + REQUEST_TTL_MS,
+                expires_ms: now_ms.saturating_add(REQUEST_TTL_MS),
             },
         );
         self.counters.catchup_requests_sent += 1;
@@ -167,7 +259,14 @@ impl Replica {
         })
     }
 
-    /// A request for an opportunistic reason, at most once per tag per second.
+    /// A signed catch-up request on `tag` (see [`Replica::request_catchup_with`]), evicting
+    /// the oldest outstanding request if needed.
+    pub(crate) fn request_catchup(&mut self, tag: u64, now_ms: u64) -> Option<Publish> {
+        self.request_catchup_with(tag, now_ms, true)
+    }
+
+    /// A request for an opportunistic reason, at most once per tag per second, and only if an
+    /// outstanding slot is free.
     pub(crate) fn request_catchup_limited(&mut self, tag: u64, now_ms: u64) -> Option<Publish> {
         let last = self.catchup.last_opportunistic.get(&tag).copied();
         if last.is_some_and(|l| now_ms.saturating_sub(l) < OPPORTUNISTIC_INTERVAL_MS) {
@@ -177,7 +276,7 @@ impl Replica {
             self.catchup.last_opportunistic.clear();
         }
         self.catchup.last_opportunistic.insert(tag, now_ms);
-        self.request_catchup(tag, now_ms)
+        self.request_catchup_with(tag, now_ms, false)
     }
 
     pub(crate) fn on_request(
@@ -227,15 +326,11 @@ impl Replica {
         if req.issued_at_ms.abs_diff(now_ms) > REQUEST_SKEW_MS {
             return self.counters.reject(Reject::StaleRequest);
         }
-        let id = (req.requester, req.request_id);
-        if !self.catchup.seen_set.insert(id) {
-            return self.counters.reject(Reject::Replay);
-        }
-        self.catchup.seen.push_back(id);
-        if self.catchup.seen.len() > MAX_TRACKED {
-            if let Some(old) = self.catchup.seen.pop_front() {
-                self.catchup.seen_set.remove(&old);
-            }
+        if let Err(r) = self
+            .catchup
+            .admit(req.requester, req.request_id, req.issued_at_ms, now_ms)
+        {
+            return self.counters.reject(r);
         }
         self.counters.catchup_requests_received += 1;
 
@@ -260,7 +355,17 @@ impl Replica {
                 continue;
             }
             origins += 1;
-            let from = have.get(o).copied().unwrap_or(0) + 1;
+            // `have` is the requester's (peer-controlled) claim: a position at or beyond our
+            // head (u64::MAX included) means it holds everything we do. Checked, so it can
+            // neither overflow nor wrap around to "send the whole history".
+            let from = match have.get(o) {
+                None => 1,
+                Some(&seq) if seq >= h.tag_seq => continue,
+                Some(&seq) => match seq.checked_add(1) {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
             if h.tag_seq >= from {
                 missing.push((*o, from));
             }
@@ -312,28 +417,33 @@ impl Replica {
                         break;
                     }
                 };
-                rec.signer_certificate = if *origin == self.me {
-                    Bytes::copy_from_slice(self.creds.certificate())
+                // The certificate the record names (its signer_digest), not the origin's current
+                // one: after a renewal the origin's old records are still signed by the old
+                // key. Own certificates are stored by digest as they change (see
+                // `Replica::note_own_certificate`), others' when they are checked.
+                let digest = crate::record::decode_header(&rec)
+                    .map(|h| h.signer_digest)
+                    .unwrap_or_default();
+                rec.signer_certificate = if let Some(c) = certs.get(&digest) {
+                    c.clone()
                 } else {
-                    let digest = crate::record::decode_header(&rec)
-                        .map(|h| h.signer_digest)
-                        .unwrap_or_default();
-                    if let Some(c) = certs.get(&digest) {
-                        c.clone()
-                    } else {
-                        let der: Bytes = <&[u8; 32]>::try_from(digest.as_ref())
-                            .ok()
-                            .and_then(|d| self.store.get_cert(d).ok().flatten())
-                            .unwrap_or_default()
-                            .into();
-                        certs.insert(digest, der.clone());
-                        der
-                    }
+                    let der: Bytes = match <&[u8; 32]>::try_from(digest.as_ref()) {
+                        Ok(d) => match self.store.get_cert(d).ok().flatten() {
+                            Some(der) => der.into(),
+                            None if *d == cert_digest(self.creds.certificate()) => {
+                                Bytes::copy_from_slice(self.creds.certificate())
+                            }
+                            None => Bytes::new(),
+                        },
+                        Err(_) => Bytes::new(),
+                    };
+                    certs.insert(digest, der.clone());
+                    der
                 };
                 let size = rec.encoded_len();
                 if !records.is_empty()
                     && (records.len() >= self.config.answer_max_records
-                        || bytes + size > self.config.answer_max_bytes)
+                        || bytes.saturating_add(size) > self.config.answer_max_bytes)
                 {
                     more = true;
                     break 'origins;
@@ -393,19 +503,42 @@ impl Replica {
             return self.counters.reject(Reject::Malformed);
         }
         self.counters.catchup_answers_opened += 1;
+        let applied_before = self.counters.applied;
         for rec in resp.records {
             self.on_record(rec, None, tag, now_ms, out);
         }
-        if resp.more
-            && allow(
-                &mut self.catchup.follow_ups,
-                tag,
-                now_ms,
-                60_000,
-                MAX_FOLLOW_UPS_PER_MINUTE,
-            )
-        {
-            out.extend(self.request_catchup(tag, now_ms));
+        // Anyone who saw the request can seal an "answer" to its reply key (a router included:
+        // the key and the request id are in the clear), so an answer's `more` is acted on only
+        // when the answer proved itself by applying at least one verified record we did not
+        // hold. An answer that applies nothing new (forged, or a second replica's duplicate)
+        // spends no follow-up budget, takes no outstanding slot and cancels no retry.
+        if self.counters.applied == applied_before {
+            return;
+        }
+        self.catchup.gap_dropped.remove(&tag);
+        if !resp.more {
+            self.catchup.follow_up_retry.remove(&tag);
+            return;
+        }
+        if allow(
+            &mut self.catchup.follow_ups,
+            tag,
+            now_ms,
+            60_000,
+            MAX_FOLLOW_UPS_PER_MINUTE,
+        ) {
+            if let Some(p) = self.request_catchup(tag, now_ms) {
+                out.push(p);
+                // The responder may drop it (answer rate limit): ask again after the window
+                // unless an answer makes progress first.
+                self.catchup.follow_up_retry.insert(
+                    tag,
+                    FollowUpRetry {
+                        due_ms: now_ms.saturating_add(FOLLOW_UP_RETRY_MS),
+                        attempts: 0,
+                    },
+                );
+            }
         }
     }
 
@@ -423,7 +556,8 @@ impl Replica {
         out
     }
 
-    /// Timers: gap catch-ups after the reorder grace, the periodic safety net, expiry of
+    /// Timers: gap catch-ups after the reorder grace, retries of unanswered follow-ups, the
+    /// periodic safety net, expiry of
     /// outstanding requests, and the lazy flush of received records. Call again at
     /// [`Replica::next_wake_ms`].
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Publish> {
@@ -446,11 +580,32 @@ impl Replica {
             .map(|(t, _)| *t)
             .collect();
         for tag in due {
-            if self.parked.keys().any(|k| k.0 == tag) {
+            // A tag whose record was dropped from full parking keeps its gap: nothing of it
+            // may be parked, but the record is still missing.
+            if self.catchup.gap_dropped.contains(&tag) || self.parked.keys().any(|k| k.0 == tag) {
                 out.extend(self.request_catchup(tag, now_ms));
-                self.catchup.gap_due.insert(tag, now_ms + GAP_RETRY_MS);
+                self.catchup
+                    .gap_due
+                    .insert(tag, now_ms.saturating_add(GAP_RETRY_MS));
             } else {
                 self.catchup.gap_due.remove(&tag);
+            }
+        }
+        let retries: Vec<u64> = self
+            .catchup
+            .follow_up_retry
+            .iter()
+            .filter(|(_, r)| r.due_ms <= now_ms)
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in retries {
+            out.extend(self.request_catchup(tag, now_ms));
+            if let Some(r) = self.catchup.follow_up_retry.get_mut(&tag) {
+                r.attempts += 1;
+                r.due_ms = now_ms.saturating_add(FOLLOW_UP_RETRY_MS);
+                if r.attempts >= MAX_FOLLOW_UP_RETRIES {
+                    self.catchup.follow_up_retry.remove(&tag);
+                }
             }
         }
         if self.catchup.next_periodic.is_some_and(|t| t <= now_ms) {
@@ -468,11 +623,13 @@ impl Replica {
     pub fn next_wake_ms(&self) -> Option<u64> {
         let gaps = self.catchup.gap_due.values().copied();
         let expiries = self.catchup.outstanding.values().map(|o| o.expires_ms);
+        let retries = self.catchup.follow_up_retry.values().map(|r| r.due_ms);
         self.catchup
             .next_periodic
             .into_iter()
             .chain(gaps)
             .chain(expiries)
+            .chain(retries)
             .min()
     }
 }

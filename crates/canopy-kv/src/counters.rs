@@ -31,8 +31,18 @@ pub enum Reject {
     NotSubscribed,
     /// A catch-up request issued too far from now.
     StaleRequest,
-    /// A catch-up request over the per-requester answer rate.
+    /// A catch-up request over the per-requester answer rate, or from a requester that already
+    /// holds its share of the replay filter.
     RateLimited,
+    /// A record larger than this replica's key and value limits allow (checked on the sealed
+    /// size before any signature check or AEAD open, and on the opened key and value).
+    TooLarge,
+    /// A record whose clock is more than `MAX_FORWARD_DRIFT_MS` ahead of the local wall clock
+    /// (not stored: it can be fetched again by catch-up once it is no longer in the future).
+    FutureClock,
+    /// A catch-up request refused because the replay filter is full of requests still within
+    /// the accepted skew (refused rather than evicting entries that would re-admit replays).
+    ReplayFilterFull,
 }
 
 /// Counters of a replica (see [`Reject`] for the rejection reasons).
@@ -53,9 +63,13 @@ pub struct ReplicaCounters {
     pub not_subscribed: u64,
     pub stale_request: u64,
     pub rate_limited: u64,
+    pub too_large: u64,
+    pub future_clock: u64,
+    pub replay_filter_full: u64,
     /// Records parked behind a gap in their chain.
     pub parked: u64,
-    /// Parked records dropped because the parking space was full.
+    /// Records dropped because their waiting space was full: parked behind a gap (the gap is
+    /// still asked for), or waiting for an unknown signer (bounded by count and bytes).
     pub parked_dropped: u64,
     /// Records stored and merged (local writes included).
     pub applied: u64,
@@ -90,6 +104,9 @@ impl ReplicaCounters {
             Reject::NotSubscribed => &mut self.not_subscribed,
             Reject::StaleRequest => &mut self.stale_request,
             Reject::RateLimited => &mut self.rate_limited,
+            Reject::TooLarge => &mut self.too_large,
+            Reject::FutureClock => &mut self.future_clock,
+            Reject::ReplayFilterFull => &mut self.replay_filter_full,
         };
         *c += 1;
     }
@@ -109,5 +126,8 @@ impl ReplicaCounters {
             + self.not_subscribed
             + self.stale_request
             + self.rate_limited
+            + self.too_large
+            + self.future_clock
+            + self.replay_filter_full
     }
 }

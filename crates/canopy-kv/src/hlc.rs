@@ -7,9 +7,10 @@
 /// Bits of the logical counter.
 pub const LOGICAL_BITS: u32 = 16;
 
-/// How far ahead of the local wall clock a received timestamp may pull the local clock. A
-/// peer (or a hostile client) with a clock far in the future would otherwise drag every later
-/// local write with it; such records still apply, they just do not move the clock.
+/// How far ahead of the local wall clock a received timestamp may be. A peer (or a hostile
+/// client) with a clock far in the future would otherwise drag every later local write with
+/// it, and win last-writer-wins against every honest write of its key: the replica refuses
+/// such records (`future_clock`) and `observe` ignores such timestamps.
 pub const MAX_FORWARD_DRIFT_MS: u64 = 60_000;
 
 /// The clock's state: the last timestamp issued or observed.

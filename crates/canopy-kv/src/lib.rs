@@ -61,14 +61,18 @@
 //!
 //! # Receiving a record
 //!
-//! Decode; the header's origin must equal the multicast's origin (live records) and its tag
+//! Sizes first (a record that cannot hold a key and value within the configured limits is
+//! refused before any other work); decode; the header's origin must equal the multicast's origin (live records) and its tag
 //! the multicast's tag; the signer comes from the certificate cache (by SHA-256 digest) or the
 //! attached certificate (checked once against the CA, must be a client's and name the origin);
 //! the signature must verify; a held chain position is a replay (same header) or a chain break
 //! (equivocation); the body must open with the data key it names (an unknown key id is counted
 //! and not remembered, so the record can be fetched again after the key file is updated); the
-//! key inside must map to the header's tag; then the record applies when it links to the held
-//! head, or is parked behind a gap until its predecessors arrive. Every refusal is counted by
+//! key and value inside must be within the limits and the key must map to the header's tag;
+//! the clock must be at most [`hlc::MAX_FORWARD_DRIFT_MS`] ahead of the wall clock (a
+//! far-future clock is refused and not remembered, so catch-up fetches it again later); then
+//! the record applies when it links to the held head, or is parked behind a gap (bounded per
+//! origin, tag and in all) until its predecessors arrive. Every refusal is counted by
 //! reason in [`ReplicaCounters`].
 //!
 //! # Durability
@@ -92,8 +96,8 @@ mod tag;
 mod unicast;
 
 pub use catchup::{
-    GAP_RETRY_MS, MAX_ANSWERS_PER_SECOND, MAX_FOLLOW_UPS_PER_MINUTE, MAX_OUTSTANDING,
-    REQUEST_SKEW_MS, REQUEST_TTL_MS,
+    FOLLOW_UP_RETRY_MS, GAP_RETRY_MS, MAX_ANSWERS_PER_SECOND, MAX_FOLLOW_UPS_PER_MINUTE,
+    MAX_FOLLOW_UP_RETRIES, MAX_OUTSTANDING, REQUEST_SKEW_MS, REQUEST_TTL_MS,
 };
 pub use counters::{Reject, ReplicaCounters};
 pub use credentials::{cert_digest, verify_signature, Credentials, SignatureAlgorithm, Signer};

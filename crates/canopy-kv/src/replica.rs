@@ -13,7 +13,7 @@ use crate::catchup::CatchupState;
 use crate::counters::{Reject, ReplicaCounters};
 use crate::credentials::{cert_digest, CertCache, Credentials, Signer};
 use crate::error::KvError;
-use crate::hlc::Hlc;
+use crate::hlc::{physical_ms, Hlc, MAX_FORWARD_DRIFT_MS};
 use crate::keys::GroupKeys;
 use crate::random::{Entropy, SystemEntropy};
 use crate::record::{self, sha256, RecordDraft};
@@ -39,8 +39,19 @@ pub struct ReplicaConfig {
     pub max_parked: usize,
     /// Parked records per tag.
     pub max_parked_per_tag: usize,
+    /// Parked records per origin: when an origin's share is full its oldest parked record is
+    /// dropped (and its gap still asked for), so one client with the key file cannot fill the
+    /// parking space with gaps it never fills and crowd out everyone else's records.
+    pub max_parked_per_origin: usize,
     /// Records waiting for their signer's certificate.
     pub max_unknown_signer: usize,
+    /// Encoded bytes of the records waiting for their signer's certificate. They are held
+    /// before any signature check (anyone, a router included, can send them), so they are
+    /// bounded by size, not only by count; the oldest go first.
+    pub max_unknown_signer_bytes: usize,
+    /// The same, per claimed origin (the origin is not verified yet: this keeps one flood
+    /// from evicting every other origin's records, the total bound is the real limit).
+    pub max_unknown_signer_bytes_per_origin: usize,
     /// Checked certificates kept in memory.
     pub cert_cache_capacity: usize,
     /// A cached certificate check is trusted this long, then repeated.
@@ -73,7 +84,10 @@ impl ReplicaConfig {
             unicast_tag,
             max_parked: 4096,
             max_parked_per_tag: 1024,
+            max_parked_per_origin: 1024,
             max_unknown_signer: 1024,
+            max_unknown_signer_bytes: 8 << 20,
+            max_unknown_signer_bytes_per_origin: 1 << 20,
             cert_cache_capacity: 4096,
             cert_recheck_ms: 3_600_000,
             max_stored_certs: 65_536,
@@ -141,6 +155,8 @@ pub(crate) struct Ready {
     pub stored: Vec<u8>,
     pub body: RecordBody,
     pub via_catchup: bool,
+    /// Arrival order among parked records (set when parked), to evict the oldest.
+    pub arrived: u64,
 }
 
 /// A record whose signer is not known yet.
@@ -148,7 +164,21 @@ pub(crate) struct UnknownSigner {
     pub record: SignedRecord,
     pub tag: u64,
     pub digest: [u8; 32],
+    /// The claimed (unverified) origin.
+    pub origin: u64,
+    /// Encoded bytes held (header and signature).
+    pub size: usize,
 }
+
+/// Protobuf framing of a `RecordBody` around its key and value (field tags, length prefixes,
+/// `deleted`, `hlc`) plus the AES-GCM tag, rounded up: a sealed body longer than
+/// `max_key_len + max_value_len + BODY_OVERHEAD` cannot hold a key and value within limits.
+const BODY_OVERHEAD: usize = 64;
+/// Protobuf framing of a `RecordHeader` around its sealed body (integers, prev_hash, nonce,
+/// signer_digest), rounded up.
+const HEADER_OVERHEAD: usize = 256;
+/// Longest signature accepted (Ed25519: 64 bytes, ECDSA P-256 DER: at most 72).
+const MAX_SIGNATURE_LEN: usize = 256;
 
 pub(crate) struct Interest {
     pub kind: InterestKind,
@@ -171,7 +201,11 @@ pub struct Replica {
     pub(crate) certs: CertCache,
     pub(crate) parked: HashMap<(u64, u64), BTreeMap<u64, Ready>>,
     pub(crate) parked_total: usize,
+    /// Arrival counter of parked records.
+    pub(crate) parked_seq: u64,
     pub(crate) unknown: VecDeque<UnknownSigner>,
+    /// Sum of `size` over `unknown`.
+    pub(crate) unknown_bytes: usize,
     pub(crate) new_signer: bool,
     pub(crate) catchup: CatchupState,
     /// Bumped by `on_epoch_change`; a tag's first record after a bump carries the certificate.
@@ -210,6 +244,10 @@ impl Replica {
         }
         let me = credentials.node_id();
         let my_digest = cert_digest(credentials.certificate());
+        // Own certificates are kept by digest, like everyone else's, so that catch-up answers
+        // attach to each record the certificate it was signed under (after a renewal the old
+        // records still name the old one).
+        store.put_cert(&my_digest, credentials.certificate(), usize::MAX)?;
         let certs = CertCache::new(config.cert_cache_capacity, config.cert_recheck_ms);
         Ok(Replica {
             catchup: CatchupState::default(),
@@ -226,7 +264,9 @@ impl Replica {
             certs,
             parked: HashMap::new(),
             parked_total: 0,
+            parked_seq: 0,
             unknown: VecDeque::new(),
+            unknown_bytes: 0,
             new_signer: false,
             epoch: 0,
             cert_epoch: HashMap::new(),
@@ -258,6 +298,28 @@ impl Replica {
         self.write(key, None, now_ms)
     }
 
+    /// The credentials may renew the certificate while the replica runs: sign new records
+    /// under the current one's digest, and keep it by digest for catch-up answers.
+    fn note_own_certificate(&mut self) -> Result<(), KvError> {
+        let digest = cert_digest(self.creds.certificate());
+        if digest != self.my_digest {
+            self.store
+                .put_cert(&digest, self.creds.certificate(), usize::MAX)?;
+            self.my_digest = digest;
+            // Peers do not know the new certificate: the next record on every tag carries it.
+            self.cert_epoch.clear();
+        }
+        Ok(())
+    }
+
+    /// Longest sealed body a record within this replica's key and value limits can have.
+    fn max_sealed_body(&self) -> usize {
+        self.config
+            .max_key_len
+            .saturating_add(self.config.max_value_len)
+            .saturating_add(BODY_OVERHEAD)
+    }
+
     fn check_key(&self, key: &str) -> Result<(), KvError> {
         if key.is_empty() {
             return Err(KvError::EmptyKey);
@@ -287,6 +349,7 @@ impl Replica {
             }
         }
         self.catchup.start(now_ms, &self.config);
+        self.note_own_certificate()?;
         let tag = tag_of(&self.keys, key);
         let mut publishes = Vec::new();
         // Writers replicate their channels: they keep their chain and can answer catch-up.
@@ -296,9 +359,13 @@ impl Replica {
         }
         let mut hlc = self.hlc;
         let stamp = hlc.tick(now_ms);
-        let origin_seq = self.origin_seq + 1;
+        let exhausted = || KvError::Crypto("sequence numbers exhausted".into());
+        let origin_seq = self.origin_seq.checked_add(1).ok_or_else(exhausted)?;
         let head = self.heads.get(&(tag, self.me)).copied();
-        let tag_seq = head.map_or(1, |h| h.tag_seq + 1);
+        let tag_seq = match head {
+            None => 1,
+            Some(h) => h.tag_seq.checked_add(1).ok_or_else(exhausted)?,
+        };
         let prev_hash = head.map(|h| h.hash.to_vec()).unwrap_or_default();
         let attach =
             tag_seq == 1 || tag_seq % 32 == 0 || self.cert_epoch.get(&tag) != Some(&self.epoch);
@@ -540,10 +607,22 @@ impl Replica {
         now_ms: u64,
         out: &mut Vec<Publish>,
     ) {
+        // Sizes first, before decoding, verifying, opening or queueing anything: a record
+        // that cannot hold a key and value within this replica's limits is refused however
+        // it is signed (writers refuse such writes, so only a hostile sender makes one).
+        let max_body = self.max_sealed_body();
+        if signed.header.len() > max_body.saturating_add(HEADER_OVERHEAD)
+            || signed.signature.len() > MAX_SIGNATURE_LEN
+        {
+            return self.counters.reject(Reject::TooLarge);
+        }
         let header = match record::decode_header(&signed) {
             Ok(h) => h,
             Err(r) => return self.counters.reject(r),
         };
+        if header.sealed_body.len() > max_body {
+            return self.counters.reject(Reject::TooLarge);
+        }
         if live_origin.is_some_and(|o| o != header.origin) {
             return self.counters.reject(Reject::ForgedOrigin);
         }
@@ -561,14 +640,13 @@ impl Replica {
                     self.counters.unknown_signer += 1;
                     let mut digest = [0u8; 32];
                     digest.copy_from_slice(&header.signer_digest);
-                    if self.unknown.len() >= self.config.max_unknown_signer {
-                        self.unknown.pop_front();
-                        self.counters.parked_dropped += 1;
-                    }
-                    self.unknown.push_back(UnknownSigner {
+                    let size = signed.header.len().saturating_add(signed.signature.len());
+                    self.queue_unknown(UnknownSigner {
                         record: signed,
                         tag,
                         digest,
+                        origin: header.origin,
+                        size,
                     });
                     // Answers always carry certificates.
                     out.extend(self.request_catchup_limited(tag, now_ms));
@@ -614,8 +692,19 @@ impl Replica {
             Ok(b) => b,
             Err(r) => return self.counters.reject(r),
         };
+        if body.key.len() > self.config.max_key_len || body.value.len() > self.config.max_value_len
+        {
+            return self.counters.reject(Reject::TooLarge);
+        }
         if tag_of(&self.keys, &body.key) != header.key_tag {
             return self.counters.reject(Reject::WrongTag);
+        }
+        // A clock far ahead of ours would win last-writer-wins against every honest write of
+        // the key until the wall clock catches up (forever for u64::MAX). Refused and not
+        // remembered, like an unknown key: the gap it leaves is asked for again by catch-up,
+        // and the record applies once it is no longer implausibly far ahead.
+        if physical_ms(body.hlc) > now_ms.saturating_add(MAX_FORWARD_DRIFT_MS) {
+            return self.counters.reject(Reject::FutureClock);
         }
         signed.signer_certificate.clear();
         let ready = Ready {
@@ -624,8 +713,9 @@ impl Replica {
             hash,
             body,
             via_catchup: live_origin.is_none(),
+            arrived: 0,
         };
-        if ready.header.tag_seq == held + 1 {
+        if held.checked_add(1) == Some(ready.header.tag_seq) {
             self.apply_chain(chain, ready, now_ms);
         } else {
             self.park(chain, ready, now_ms);
@@ -648,20 +738,66 @@ impl Replica {
         Ok(Some(sha256(&r.header)))
     }
 
-    fn park(&mut self, chain: (u64, u64), ready: Ready, now_ms: u64) {
-        let tag = chain.0;
-        let on_tag: usize = self
+    /// Parked records of `origin` and of `tag`.
+    fn parked_counts(&self, origin: u64, tag: u64) -> (usize, usize) {
+        self.parked
+            .iter()
+            .fold((0, 0), |(of_origin, on_tag), ((t, o), m)| {
+                (
+                    of_origin + if *o == origin { m.len() } else { 0 },
+                    on_tag + if *t == tag { m.len() } else { 0 },
+                )
+            })
+    }
+
+    /// Drops `origin`'s oldest parked record; returns its tag.
+    fn evict_oldest_parked(&mut self, origin: u64) -> Option<u64> {
+        let (chain, seq) = self
             .parked
             .iter()
-            .filter(|(k, _)| k.0 == tag)
-            .map(|(_, m)| m.len())
-            .sum();
+            .filter(|(k, _)| k.1 == origin)
+            .flat_map(|(k, m)| m.iter().map(move |(seq, r)| (r.arrived, *k, *seq)))
+            .min()
+            .map(|(_, k, seq)| (k, seq))?;
+        let m = self.parked.get_mut(&chain)?;
+        m.remove(&seq)?;
+        if m.is_empty() {
+            self.parked.remove(&chain);
+        }
+        self.parked_total = self.parked_total.saturating_sub(1);
+        Some(chain.0)
+    }
+
+    /// Keeps a dropped record's gap open: asked for after the reorder grace, even with nothing
+    /// of the tag parked.
+    fn keep_gap(&mut self, tag: u64, now_ms: u64) {
+        self.counters.parked_dropped += 1;
+        self.catchup.gap_dropped.insert(tag);
+        self.catchup
+            .gap_due
+            .entry(tag)
+            .or_insert(now_ms.saturating_add(self.config.reorder_grace_ms));
+    }
+
+    fn park(&mut self, chain: (u64, u64), mut ready: Ready, now_ms: u64) {
+        let (tag, origin) = chain;
+        let (of_origin, _) = self.parked_counts(origin, tag);
+        if of_origin >= self.config.max_parked_per_origin.max(1) {
+            // The origin's share is full: its oldest parked record makes room (one client
+            // cannot hold more than its share of the parking space).
+            if let Some(t) = self.evict_oldest_parked(origin) {
+                self.keep_gap(t, now_ms);
+            }
+        }
+        let (_, on_tag) = self.parked_counts(origin, tag);
         if self.parked_total >= self.config.max_parked || on_tag >= self.config.max_parked_per_tag {
-            // Catch-up fetches it again once the gap is filled.
-            self.counters.parked_dropped += 1;
+            // Catch-up fetches it again: the gap stays open although nothing of it is parked.
+            self.keep_gap(tag, now_ms);
         } else {
             self.counters.parked += 1;
             self.parked_total += 1;
+            self.parked_seq += 1;
+            ready.arrived = self.parked_seq;
             self.parked
                 .entry(chain)
                 .or_default()
@@ -670,7 +806,48 @@ impl Replica {
         self.catchup
             .gap_due
             .entry(tag)
-            .or_insert(now_ms + self.config.reorder_grace_ms);
+            .or_insert(now_ms.saturating_add(self.config.reorder_grace_ms));
+    }
+
+    /// Queues a record whose signer is not known yet, within the count and byte bounds: the
+    /// claimed origin's oldest entries make room first, then the oldest overall.
+    fn queue_unknown(&mut self, u: UnknownSigner) {
+        let per_origin = self.config.max_unknown_signer_bytes_per_origin;
+        if u.size > per_origin || u.size > self.config.max_unknown_signer_bytes {
+            self.counters.parked_dropped += 1;
+            return;
+        }
+        let mut of_origin: usize = self
+            .unknown
+            .iter()
+            .filter(|x| x.origin == u.origin)
+            .map(|x| x.size)
+            .sum();
+        while of_origin.saturating_add(u.size) > per_origin {
+            let Some(i) = self.unknown.iter().position(|x| x.origin == u.origin) else {
+                break;
+            };
+            if let Some(old) = self.unknown.remove(i) {
+                of_origin = of_origin.saturating_sub(old.size);
+                self.unknown_bytes = self.unknown_bytes.saturating_sub(old.size);
+                self.counters.parked_dropped += 1;
+            }
+        }
+        while !self.unknown.is_empty()
+            && (self.unknown.len() >= self.config.max_unknown_signer
+                || self.unknown_bytes.saturating_add(u.size) > self.config.max_unknown_signer_bytes)
+        {
+            if let Some(old) = self.unknown.pop_front() {
+                self.unknown_bytes = self.unknown_bytes.saturating_sub(old.size);
+                self.counters.parked_dropped += 1;
+            }
+        }
+        if self.config.max_unknown_signer == 0 {
+            self.counters.parked_dropped += 1;
+            return;
+        }
+        self.unknown_bytes += u.size;
+        self.unknown.push_back(u);
     }
 
     /// Applies `ready` (the successor of the chain's head) and then every parked successor.
@@ -682,7 +859,7 @@ impl Replica {
             }
             let held = self.heads.get(&chain).map_or(0, |h| h.tag_seq);
             if let Some(m) = self.parked.get_mut(&chain) {
-                next = m.remove(&(held + 1));
+                next = held.checked_add(1).and_then(|n| m.remove(&n));
                 if next.is_some() {
                     self.parked_total -= 1;
                 }
@@ -697,7 +874,9 @@ impl Replica {
                 }
             }
         }
-        if !self.parked.keys().any(|k| k.0 == chain.0) {
+        if !self.parked.keys().any(|k| k.0 == chain.0)
+            && !self.catchup.gap_dropped.contains(&chain.0)
+        {
             self.catchup.gap_due.remove(&chain.0);
         }
     }
@@ -706,7 +885,10 @@ impl Replica {
         let head = self.heads.get(&chain).copied();
         let linked = match head {
             None => r.header.tag_seq == 1 && r.header.prev_hash.is_empty(),
-            Some(h) => r.header.tag_seq == h.tag_seq + 1 && r.header.prev_hash[..] == h.hash[..],
+            Some(h) => {
+                h.tag_seq.checked_add(1) == Some(r.header.tag_seq)
+                    && r.header.prev_hash[..] == h.hash[..]
+            }
         };
         if !linked {
             self.counters.reject(Reject::ChainBreak);
@@ -802,6 +984,7 @@ impl Replica {
                 .into_iter()
                 .partition(|u| self.certs.get(&u.digest, now_ms).is_some());
             self.unknown = waiting.into();
+            self.unknown_bytes = self.unknown.iter().map(|u| u.size).sum();
             for u in ready {
                 self.on_record(u.record, None, u.tag, now_ms, out);
             }

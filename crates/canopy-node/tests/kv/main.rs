@@ -4,5 +4,6 @@
 mod clients;
 mod convergence;
 mod durability;
+mod hostile_request;
 mod support;
 mod tamper;
