@@ -7,12 +7,12 @@
 //!
 //! Who answers (so that a request on a busy tag does not draw an answer from every replica):
 //! a replica holding records the requester lacks answers when it is the origin of any of them;
-//! otherwise when it knows fewer than 4 origins on the tag (a small group, where few replicas
-//! can answer and a silent request would cost a whole retry round); otherwise when the first
-//! byte of SHA-256(request_id || own node id) is below 96 (about 3 in 8 replicas, a different
-//! random-looking set for every request, so a retry draws different answerers).
+//! otherwise when it ranks among the [`ANSWERERS`] lowest by SHA-256(request_id || id) among
+//! the replicas it has heard asking on the tag (the requester excluded). Replicas that know
+//! the same peers pick the same few, however many replicas the tag has, and every request
+//! (a retry included) picks a different few.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use canopy_proto::v1::{
@@ -70,6 +70,24 @@ pub(crate) struct Outstanding {
     pub expires_ms: u64,
 }
 
+/// Replicas that answer a request besides the origins of what it lacks: the ones whose
+/// SHA-256(request_id || id) ranks lowest among the replicas a responder knows on the tag.
+/// Every responder that knows the same replicas picks the same few, whatever their number (a
+/// read-heavy channel must not answer a newcomer from every replica), and each request picks
+/// a different few, so a retry reaches others.
+pub const ANSWERERS: usize = 3;
+/// Replicas remembered per tag for that ranking.
+const MAX_REPLICAS_PER_TAG: usize = 256;
+/// A round (an epoch change, the periodic safety net) asks on at most this many tags at once,
+/// then waits [`ROUND_PACE_MS`]: a responder answers one requester at most
+/// `MAX_ANSWERS_PER_SECOND` times a second, and requests past the `MAX_OUTSTANDING` slots
+/// would evict each other's reply keys before their answers come.
+pub const ROUND_BURST: usize = 2;
+pub const ROUND_PACE_MS: u64 = 500;
+/// A gap that catch-up does not fill is asked for again after `GAP_RETRY_MS`, doubling up to
+/// this, so a chain an insider never completes costs a request a minute, not one every 2 s.
+pub const GAP_RETRY_MAX_MS: u64 = 60_000;
+
 /// A pending retry of a tag's follow-up request.
 pub(crate) struct FollowUpRetry {
     pub due_ms: u64,
@@ -94,6 +112,14 @@ pub(crate) struct CatchupState {
     pub seen: BTreeSet<(u64, u64, u64)>,
     pub seen_set: HashSet<(u64, u64)>,
     pub seen_per_requester: HashMap<u64, usize>,
+    /// Per tag, the replicas heard asking on it (bounded): who else can answer.
+    pub replicas: HashMap<u64, BTreeSet<u64>>,
+    /// Tags waiting for a request of a round (epoch change, periodic), asked a few at a time.
+    pub round: VecDeque<u64>,
+    pub round_set: HashSet<u64>,
+    pub next_round_ms: u64,
+    /// Per tag: consecutive gap retries that brought nothing, for the backoff.
+    pub gap_attempts: HashMap<u64, u32>,
 }
 
 /// A fixed-window rate limit: at most `max` per `window_ms` per key, map bounded.
@@ -135,6 +161,53 @@ impl CatchupState {
         if self.next_periodic.is_none() {
             self.next_periodic = Some(jittered(config, now));
         }
+    }
+
+    /// Remembers that `replica` holds `tag` (it asked on it).
+    pub(crate) fn note_replica(&mut self, tag: u64, replica: u64) {
+        let known = self.replicas.entry(tag).or_default();
+        if known.len() < MAX_REPLICAS_PER_TAG {
+            known.insert(replica);
+        }
+    }
+
+    /// Whether `me` is among the [`ANSWERERS`] replicas of `tag` picked for `request_id` (the
+    /// requester excluded).
+    pub(crate) fn selected(&self, tag: u64, requester: u64, request_id: u64, me: u64) -> bool {
+        let score = |id: u64| {
+            let mut m = [0u8; 16];
+            m[..8].copy_from_slice(&request_id.to_be_bytes());
+            m[8..].copy_from_slice(&id.to_be_bytes());
+            let h = sha256(&m);
+            u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+        };
+        let mine = score(me);
+        let lower = self.replicas.get(&tag).map_or(0, |known| {
+            known
+                .iter()
+                .filter(|&&r| r != me && r != requester && score(r) < mine)
+                .count()
+        });
+        lower < ANSWERERS
+    }
+
+    /// Queues `tags` for the next requests of a round (each at most once).
+    pub(crate) fn queue_round(&mut self, tags: impl IntoIterator<Item = u64>) {
+        for tag in tags {
+            if self.round_set.insert(tag) {
+                self.round.push_back(tag);
+            }
+        }
+    }
+
+    /// When the next gap retry of `tag` is due, backing off after unanswered ones.
+    pub(crate) fn gap_retry_at(&mut self, tag: u64, now: u64) -> u64 {
+        let attempts = self.gap_attempts.entry(tag).or_insert(0);
+        let wait = GAP_RETRY_MS
+            .saturating_mul(1u64 << (*attempts).min(16))
+            .min(GAP_RETRY_MAX_MS);
+        *attempts = attempts.saturating_add(1);
+        now.saturating_add(wait)
     }
 
     /// Admits a request into the replay filter. Entries are dropped only once their request
@@ -333,6 +406,7 @@ impl Replica {
             return self.counters.reject(r);
         }
         self.counters.catchup_requests_received += 1;
+        self.catchup.note_replica(tag, req.requester);
 
         let have: HashMap<u64, u64> = req
             .have
@@ -349,12 +423,10 @@ impl Replica {
         }
 
         let mut missing: Vec<(u64, u64)> = Vec::new();
-        let mut origins = 0usize;
         for ((t, o), h) in &self.heads {
             if *t != tag {
                 continue;
             }
-            origins += 1;
             // `have` is the requester's (peer-controlled) claim: a position at or beyond our
             // head (u64::MAX included) means it holds everything we do. Checked, so it can
             // neither overflow nor wrap around to "send the whole history".
@@ -375,13 +447,11 @@ impl Replica {
         }
         missing.sort_unstable();
         let is_origin = missing.iter().any(|(o, _)| *o == self.me);
-        let selected = {
-            let mut m = [0u8; 16];
-            m[..8].copy_from_slice(&req.request_id.to_be_bytes());
-            m[8..].copy_from_slice(&self.me.to_be_bytes());
-            sha256(&m)[0] < 96
-        };
-        if !(is_origin || origins < 4 || selected) {
+        if !(is_origin
+            || self
+                .catchup
+                .selected(tag, req.requester, req.request_id, self.me))
+        {
             return;
         }
         if !allow(
@@ -516,6 +586,8 @@ impl Replica {
             return;
         }
         self.catchup.gap_dropped.remove(&tag);
+        // Progress: a gap still open on the tag is asked for at the short interval again.
+        self.catchup.gap_attempts.remove(&tag);
         if !resp.more {
             self.catchup.follow_up_retry.remove(&tag);
             return;
@@ -547,12 +619,31 @@ impl Replica {
     pub fn on_epoch_change(&mut self, now_ms: u64) -> Vec<Publish> {
         self.catchup.start(now_ms, &self.config);
         self.epoch += 1;
+        // Queued, not sent at once: a burst of epoch changes (a parent may announce one per
+        // heartbeat) asks on each tag once, paced.
         let tags: Vec<u64> = self.tags.iter().copied().collect();
-        let out: Vec<Publish> = tags
-            .into_iter()
-            .filter_map(|t| self.request_catchup(t, now_ms))
-            .collect();
+        self.catchup.queue_round(tags);
+        let out = self.drain_round(now_ms);
         self.counters.published += out.len() as u64;
+        out
+    }
+
+    /// The next few requests of a queued round, if their pace allows.
+    fn drain_round(&mut self, now_ms: u64) -> Vec<Publish> {
+        let mut out = Vec::new();
+        if self.catchup.round.is_empty() || now_ms < self.catchup.next_round_ms {
+            return out;
+        }
+        for _ in 0..ROUND_BURST {
+            let Some(tag) = self.catchup.round.pop_front() else {
+                break;
+            };
+            self.catchup.round_set.remove(&tag);
+            if self.tags.contains(&tag) {
+                out.extend(self.request_catchup(tag, now_ms));
+            }
+        }
+        self.catchup.next_round_ms = now_ms.saturating_add(ROUND_PACE_MS);
         out
     }
 
@@ -584,11 +675,11 @@ impl Replica {
             // may be parked, but the record is still missing.
             if self.catchup.gap_dropped.contains(&tag) || self.parked.keys().any(|k| k.0 == tag) {
                 out.extend(self.request_catchup(tag, now_ms));
-                self.catchup
-                    .gap_due
-                    .insert(tag, now_ms.saturating_add(GAP_RETRY_MS));
+                let next = self.catchup.gap_retry_at(tag, now_ms);
+                self.catchup.gap_due.insert(tag, next);
             } else {
                 self.catchup.gap_due.remove(&tag);
+                self.catchup.gap_attempts.remove(&tag);
             }
         }
         let retries: Vec<u64> = self
@@ -610,11 +701,10 @@ impl Replica {
         }
         if self.catchup.next_periodic.is_some_and(|t| t <= now_ms) {
             let tags: Vec<u64> = self.tags.iter().copied().collect();
-            for tag in tags {
-                out.extend(self.request_catchup(tag, now_ms));
-            }
+            self.catchup.queue_round(tags);
             self.catchup.next_periodic = Some(jittered(&self.config, now_ms));
         }
+        out.extend(self.drain_round(now_ms));
         self.counters.published += out.len() as u64;
         out
     }
@@ -624,12 +714,14 @@ impl Replica {
         let gaps = self.catchup.gap_due.values().copied();
         let expiries = self.catchup.outstanding.values().map(|o| o.expires_ms);
         let retries = self.catchup.follow_up_retry.values().map(|r| r.due_ms);
+        let round = (!self.catchup.round.is_empty()).then_some(self.catchup.next_round_ms);
         self.catchup
             .next_periodic
             .into_iter()
             .chain(gaps)
             .chain(expiries)
             .chain(retries)
+            .chain(round)
             .min()
     }
 }

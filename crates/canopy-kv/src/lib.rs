@@ -96,8 +96,9 @@ mod tag;
 mod unicast;
 
 pub use catchup::{
-    FOLLOW_UP_RETRY_MS, GAP_RETRY_MS, MAX_ANSWERS_PER_SECOND, MAX_FOLLOW_UPS_PER_MINUTE,
-    MAX_FOLLOW_UP_RETRIES, MAX_OUTSTANDING, REQUEST_SKEW_MS, REQUEST_TTL_MS,
+    ANSWERERS, FOLLOW_UP_RETRY_MS, GAP_RETRY_MAX_MS, GAP_RETRY_MS, MAX_ANSWERS_PER_SECOND,
+    MAX_FOLLOW_UPS_PER_MINUTE, MAX_FOLLOW_UP_RETRIES, MAX_OUTSTANDING, REQUEST_SKEW_MS,
+    REQUEST_TTL_MS, ROUND_BURST, ROUND_PACE_MS,
 };
 pub use counters::{Reject, ReplicaCounters};
 pub use credentials::{cert_digest, verify_signature, Credentials, SignatureAlgorithm, Signer};

@@ -471,6 +471,26 @@ impl Replica {
     /// tag of their channel; changes are filtered locally. Persisted. A tag new to this replica
     /// comes with a catch-up request for its whole history.
     pub fn subscribe(&mut self, key_or_prefix: &str, now_ms: u64) -> Result<Subscribed, KvError> {
+        self.subscribe_as(key_or_prefix, now_ms, true)
+    }
+
+    /// [`Replica::subscribe`] for as long as this replica runs (a watch): not persisted, so
+    /// a watch that ended before a restart leaves nothing subscribed. Drop it with
+    /// [`Replica::unsubscribe`].
+    pub fn subscribe_transient(
+        &mut self,
+        key_or_prefix: &str,
+        now_ms: u64,
+    ) -> Result<Subscribed, KvError> {
+        self.subscribe_as(key_or_prefix, now_ms, false)
+    }
+
+    fn subscribe_as(
+        &mut self,
+        key_or_prefix: &str,
+        now_ms: u64,
+        persist: bool,
+    ) -> Result<Subscribed, KvError> {
         self.check_key(key_or_prefix)?;
         self.catchup.start(now_ms, &self.config);
         let kind = if key_or_prefix.ends_with('/') {
@@ -485,7 +505,15 @@ impl Replica {
             .iter()
             .any(|i| i.kind == kind && i.pattern == key_or_prefix);
         if !known {
-            self.add_interest(kind, key_or_prefix, tag)?;
+            if persist {
+                self.add_interest(kind, key_or_prefix, tag)?;
+            } else {
+                self.tags.insert(tag);
+                self.interests.push(Interest {
+                    kind,
+                    pattern: key_or_prefix.to_owned(),
+                });
+            }
         }
         let publishes: Vec<Publish> = if new_tag {
             self.request_catchup(tag, now_ms).into_iter().collect()
@@ -505,6 +533,42 @@ impl Replica {
             pattern: pattern.to_owned(),
         });
         Ok(())
+    }
+
+    /// Whether `key_or_prefix` is subscribed (as given to [`Replica::subscribe`]).
+    pub fn is_subscribed(&self, key_or_prefix: &str) -> bool {
+        self.interests
+            .iter()
+            .any(|i| i.kind != InterestKind::Channel && i.pattern == key_or_prefix)
+    }
+
+    /// Drops the subscription to `key_or_prefix` (as given to [`Replica::subscribe`]).
+    /// Returns the tag the tree node should unsubscribe from, if no other subscription and no
+    /// channel this node writes to still needs it. Values and records already held stay.
+    pub fn unsubscribe(&mut self, key_or_prefix: &str) -> Result<Option<u64>, KvError> {
+        let kind = if key_or_prefix.ends_with('/') {
+            InterestKind::Prefix
+        } else {
+            InterestKind::Exact
+        };
+        let before = self.interests.len();
+        self.interests
+            .retain(|i| !(i.kind == kind && i.pattern == key_or_prefix));
+        if self.interests.len() == before {
+            return Ok(None);
+        }
+        self.store.remove_interest(kind, key_or_prefix)?;
+        self.store.flush()?;
+        let tag = tag_of(&self.keys, key_or_prefix);
+        let still_needed = self
+            .interests
+            .iter()
+            .any(|i| tag_of(&self.keys, &i.pattern) == tag);
+        if still_needed {
+            return Ok(None);
+        }
+        self.tags.remove(&tag);
+        Ok(Some(tag))
     }
 
     /// Tags the driver must subscribe the tree node to: every subscribed channel, those this

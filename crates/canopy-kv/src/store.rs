@@ -242,6 +242,14 @@ impl Store {
         Ok(out)
     }
 
+    pub fn remove_interest(&self, kind: InterestKind, pattern: &str) -> Result<(), KvError> {
+        let mut k = Vec::with_capacity(1 + pattern.len());
+        k.push(kind.byte());
+        k.extend_from_slice(pattern.as_bytes());
+        self.interests.remove(k)?;
+        Ok(())
+    }
+
     pub fn put_interest(&self, kind: InterestKind, pattern: &str, tag: u64) -> Result<(), KvError> {
         let mut k = Vec::with_capacity(1 + pattern.len());
         k.push(kind.byte());

@@ -513,6 +513,8 @@ fn replayed_requests_cannot_starve_an_honest_requester() {
     // B's routine requests (e.g. after topology changes), seen by everyone on the tag.
     let mut seen_by_m = Vec::new();
     for _ in 0..4 {
+        // (Rounds are paced: one epoch change's requests per ROUND_PACE_MS.)
+        net.now += canopy_kv::ROUND_PACE_MS;
         let now = net.now;
         let out = net.node(B).on_epoch_change(now);
         net.enqueue(B, out);

@@ -450,6 +450,8 @@ fn an_unknown_data_key_is_counted_not_stored_and_recovered_after_the_key_update(
     net.run();
     assert_eq!(net.node(B).counters().unknown_key, 2);
     net.node(B).set_keys(both());
+    // (Catch-up rounds are paced.)
+    net.now += canopy_kv::ROUND_PACE_MS;
     let now = net.now;
     let out = net.node(B).on_epoch_change(now);
     net.enqueue(B, out);

@@ -143,10 +143,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         "node running"
     );
     let api = serve_api(&config, &handle, identity.role, kv.clone());
+    let replica_ended = async {
+        match &kv {
+            Some(kv) => kv.stopped().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = api => result?,
         () = drain(deliveries.as_mut()) => {}
         _ = tokio::signal::ctrl_c() => {}
+        () = replica_ended => {
+            // A client that cannot apply what it receives must not look healthy: leave, so
+            // that a supervisor restarts it.
+            tracing::error!("the replica stopped; leaving the tree");
+            handle.leave().await;
+            return Ok(ExitCode::FAILURE);
+        }
     }
     info!("leaving the tree");
     if let Some(kv) = &kv {

@@ -136,8 +136,14 @@ impl KvBackend for NodeApi {
             .status()
             .await
             .ok_or_else(|| ApiError::Unavailable("the node has stopped".into()))?;
+        // A client whose replica task ended says so (its API refuses reads and writes);
+        // `null` means the node holds no replica at all.
         let replica = match &self.kv {
-            Some(kv) => kv.counters().await.map(|c| json!(c)),
+            Some(kv) => Some(
+                kv.counters()
+                    .await
+                    .map_or_else(|| json!("stopped"), |c| json!(c)),
+            ),
             None => None,
         };
         let document = json!({

@@ -10,5 +10,5 @@ pub use backend::{NodeApi, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 pub use credentials::NodeCredentials;
 pub use task::{
     replica_config, spawn_kv, KvCallError, KvNode, WatchSink, Written, MAX_WATCHES,
-    MAX_WRITE_GROUP, WATCH_QUEUE,
+    MAX_WRITE_GROUP, WATCH_QUEUE, WATCH_QUEUE_BYTES,
 };

@@ -28,6 +28,9 @@ pub fn replica_config() -> canopy_kv::ReplicaConfig {
     config
 }
 
+/// Value bytes a watch may have unread before it is cut off (its stream ends).
+pub const WATCH_QUEUE_BYTES: usize = 4 << 20;
+
 /// Watches one node serves at once.
 pub const MAX_WATCHES: usize = 1024;
 
@@ -157,6 +160,11 @@ impl KvNode {
         self.commands.send(KvCommand::CatchUp).await.is_ok()
     }
 
+    /// Resolves when the replica task has ended (stopped, or failed).
+    pub async fn stopped(&self) {
+        self.commands.closed().await
+    }
+
     /// Stops the task (the node itself is stopped through its own handle).
     pub async fn stop(&self) {
         let task = self.task.lock().ok().and_then(|mut t| t.take());
@@ -180,6 +188,7 @@ pub fn spawn_kv(
         replica,
         subscribed: HashSet::new(),
         watchers: Vec::new(),
+        transient: HashSet::new(),
         topology: Topology::default(),
     };
     let task = tokio::spawn(task.run(deliveries, command_rx));
@@ -199,6 +208,11 @@ fn now_ms() -> u64 {
 struct Watcher {
     pattern: String,
     sink: WatchSink,
+    /// It fell behind: it is dropped (its stream ends) at the next pass.
+    ended: bool,
+    /// Value sizes of the changes in its queue, oldest first, and their sum.
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
 }
 
 impl Watcher {
@@ -217,8 +231,30 @@ impl Watcher {
         }
     }
 
-    /// Sends `change`; false when the watcher is gone or too slow and must be dropped.
-    fn send(&self, change: &Change) -> bool {
+    /// Value bytes still in the watch's queue: the queue is FIFO, so what the reader took
+    /// since the last send is the oldest entries (the channel's free capacity tells how many).
+    fn queued_bytes(&mut self) -> usize {
+        let (free, max) = match &self.sink {
+            WatchSink::Changes(tx) => (tx.capacity(), tx.max_capacity()),
+            WatchSink::Api(tx) => (tx.capacity(), tx.max_capacity()),
+        };
+        let queued = max.saturating_sub(free);
+        while self.sizes.len() > queued {
+            if let Some(size) = self.sizes.pop_front() {
+                self.bytes = self.bytes.saturating_sub(size);
+            }
+        }
+        self.bytes
+    }
+
+    /// Sends `change`; false when the watcher is gone or too slow and must be dropped: more
+    /// than [`WATCH_QUEUE`] changes or [`WATCH_QUEUE_BYTES`] of values unread.
+    fn send(&mut self, change: &Change) -> bool {
+        let size = change.value.as_ref().map_or(0, |v| v.len());
+        if self.queued_bytes().saturating_add(size) > WATCH_QUEUE_BYTES {
+            warn!(pattern = %self.pattern, "ending a watch that does not keep up (bytes unread)");
+            return false;
+        }
         let sent = match &self.sink {
             WatchSink::Changes(tx) => tx.try_send(change.clone()).map_err(|e| e.to_string()),
             WatchSink::Api(tx) => tx
@@ -226,7 +262,11 @@ impl Watcher {
                 .map_err(|e| e.to_string()),
         };
         match sent {
-            Ok(()) => true,
+            Ok(()) => {
+                self.sizes.push_back(size);
+                self.bytes = self.bytes.saturating_add(size);
+                true
+            }
             Err(reason) => {
                 warn!(pattern = %self.pattern, %reason, "ending a watch that does not keep up");
                 false
@@ -241,6 +281,8 @@ struct ReplicaTask {
     /// Tags the tree node was asked to subscribe to.
     subscribed: HashSet<u64>,
     watchers: Vec<Watcher>,
+    /// Patterns subscribed only for the watches on them.
+    transient: HashSet<String>,
     topology: Topology,
 }
 
@@ -285,6 +327,7 @@ impl ReplicaTask {
                 break;
             }
             self.dispatch_changes();
+            self.end_watches().await;
         }
         if let Err(error) = self.replica.flush() {
             warn!(node = self.node.id(), %error, "flushing the replica on stop failed");
@@ -387,6 +430,12 @@ impl ReplicaTask {
                 let _ = reply.send(self.replica.scan(&prefix, limit));
             }
             KvCommand::Subscribe(pattern, reply) => {
+                if self.transient.remove(&pattern) {
+                    // Held for a watch until now: from now on it is kept (and persisted).
+                    if let Err(e) = self.replica.unsubscribe(&pattern) {
+                        warn!(%pattern, error = %e, "dropping a watch's subscription");
+                    }
+                }
                 let result = self.replica.subscribe(&pattern, now).map(|s| {
                     publishes = s.publishes;
                     s.tag
@@ -395,15 +444,26 @@ impl ReplicaTask {
                 let _ = reply.send(result);
             }
             KvCommand::Watch(pattern, sink, reply) => {
-                self.watchers.retain(|w| !w.is_closed());
+                self.end_watches().await;
                 let result = if self.watchers.len() >= MAX_WATCHES {
                     Err(KvCallError::TooManyWatches { max: MAX_WATCHES })
                 } else {
+                    // A watch subscribes only while it lasts, unless the pattern was
+                    // subscribed already (configuration, `subscribe`).
+                    if !self.replica.is_subscribed(&pattern) {
+                        self.transient.insert(pattern.clone());
+                    }
                     self.replica
-                        .subscribe(&pattern, now)
+                        .subscribe_transient(&pattern, now)
                         .map(|s| {
                             publishes = s.publishes;
-                            self.watchers.push(Watcher { pattern, sink });
+                            self.watchers.push(Watcher {
+                                pattern,
+                                sink,
+                                ended: false,
+                                sizes: Default::default(),
+                                bytes: 0,
+                            });
                         })
                         .map_err(KvCallError::from)
                 };
@@ -438,14 +498,40 @@ impl ReplicaTask {
 
     fn dispatch_changes(&mut self) {
         let changes = self.replica.drain_changes();
-        // Watches whose reader went away leave here, even if nothing matched them.
-        self.watchers.retain(|w| !w.is_closed());
-        if changes.is_empty() || self.watchers.is_empty() {
-            return;
-        }
         for change in &changes {
-            self.watchers
-                .retain(|w| !w.matches(&change.key) || w.send(change));
+            for watcher in &mut self.watchers {
+                if !watcher.ended && watcher.matches(&change.key) && !watcher.send(change) {
+                    watcher.ended = true;
+                }
+            }
+        }
+    }
+
+    /// Removes watches whose reader went away or fell behind; a pattern no watch (and no
+    /// subscription of its own) needs any more is unsubscribed, from the replica and the tree.
+    async fn end_watches(&mut self) {
+        let mut ended = Vec::new();
+        self.watchers.retain(|w| {
+            let gone = w.ended || w.is_closed();
+            if gone {
+                ended.push(w.pattern.clone());
+            }
+            !gone
+        });
+        for pattern in ended {
+            if self.watchers.iter().any(|w| w.pattern == pattern)
+                || !self.transient.remove(&pattern)
+            {
+                continue;
+            }
+            match self.replica.unsubscribe(&pattern) {
+                Ok(Some(tag)) => {
+                    self.subscribed.remove(&tag);
+                    self.node.unsubscribe(tag).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%pattern, error = %e, "dropping a watch's subscription"),
+            }
         }
     }
 }

@@ -5,5 +5,6 @@ mod clients;
 mod convergence;
 mod durability;
 mod hostile_request;
+mod node_attacks;
 mod support;
 mod tamper;
