@@ -184,9 +184,9 @@ impl CertificateAuthority {
         self.issue_with_key(identity, not_before, not_after, key)
     }
 
-    /// Issues a node certificate as [`CertificateAuthority::issue`] does, for a given key (tests
-    /// use it for ECDSA P-256 leaves, the kind issued before Ed25519).
-    pub(crate) fn issue_with_key(
+    /// Issues a node certificate as [`CertificateAuthority::issue`] does, for a given key (an
+    /// ECDSA P-256 key, the kind issued before Ed25519, or a key generated elsewhere).
+    pub fn issue_with_key(
         &self,
         identity: &Identity,
         not_before: OffsetDateTime,

@@ -48,37 +48,14 @@ pub fn creds(ca: &CertificateAuthority, node_id: NodeId, role: CertRole) -> Cred
 }
 
 /// Credentials with an ECDSA P-256 key, as `CertificateAuthority::issue` gave nodes before
-/// their keys were Ed25519: the same names and usages, signed by the cluster CA with rcgen.
+/// their keys were Ed25519: the same names and usages, signed by the cluster CA.
 pub fn ecdsa_creds(ca: &CertificateAuthority, node_id: NodeId, role: CertRole) -> Credentials {
-    use rcgen::{
-        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    let id = identity(node_id, role);
-    let ca_key = KeyPair::from_pem(&ca.key_pem).expect("CA key");
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).expect("issuer");
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
     let (not_before, not_after) = default_validity();
-    let mut params = CertificateParams::default();
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, id.server_name());
-    dn.push(DnType::OrganizationName, "canopy");
-    params.distinguished_name = dn;
-    params.subject_alt_names = vec![
-        SanType::DnsName(id.server_name().try_into().expect("dns")),
-        SanType::URI(id.uri().try_into().expect("uri")),
-    ];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer).expect("sign");
-    Credentials::from_pem(&ca.cert_pem, &cert.pem(), &key.serialize_pem()).expect("credentials")
+    let cert = ca
+        .issue_with_key(&identity(node_id, role), not_before, not_after, key)
+        .expect("issue");
+    Credentials::from_pem(&ca.cert_pem, &cert.cert_pem, &cert.key_pem).expect("credentials")
 }
 
 pub fn localhost() -> SocketAddr {

@@ -30,7 +30,7 @@ impl NodeApi {
     fn replica(&self) -> Result<&KvNode, ApiError> {
         match (&self.kv, self.role) {
             (Some(kv), _) => Ok(kv),
-            (None, "client") => Err(ApiError::Unavailable(
+            (None, role) if role == canopy_net::CertRole::Client.as_str() => Err(ApiError::Unavailable(
                 "this client runs without a replica: its configuration names no group key file \
                  ([kv] group_keys)"
                     .into(),
