@@ -282,6 +282,14 @@ impl Replica {
         self.me
     }
 
+    /// Replaces the credentials (the node reloaded its certificate, CA bundle or revocation
+    /// lists). Certificates checked under the old trust are checked again when next seen,
+    /// and new records are signed under the new certificate.
+    pub fn set_credentials(&mut self, credentials: Arc<dyn Credentials>) {
+        self.creds = credentials;
+        self.certs = CertCache::new(self.config.cert_cache_capacity, self.config.cert_recheck_ms);
+    }
+
     /// Replaces the group keys (after the key file was updated), e.g. to add a rotated data
     /// key. Records refused as `unknown_key` come back with the next catch-up.
     pub fn set_keys(&mut self, keys: GroupKeys) {

@@ -141,6 +141,17 @@ impl Authority {
         })
     }
 
+    /// The authority of these credentials, checking certificates with `verifier` (one that
+    /// also consults revocation lists).
+    pub(crate) fn with_verifier(
+        creds: &Credentials,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Result<Authority, CertError> {
+        let mut authority = Authority::new(creds)?;
+        authority.verifier = verifier;
+        Ok(authority)
+    }
+
     /// The own certificate (DER), to send beside a signature.
     pub fn certificate(&self) -> &[u8] {
         &self.certificate

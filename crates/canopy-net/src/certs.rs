@@ -55,6 +55,10 @@ pub enum CertError {
     /// The trust store could not be built.
     #[error("trust store: {0}")]
     TrustStore(String),
+    /// A certificate revocation list that does not parse, is too large or is not signed by a
+    /// trusted CA.
+    #[error("revocation list: {0}")]
+    InvalidCrl(String),
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {
@@ -75,7 +79,7 @@ pub struct CertificateAuthority {
     pub cert_pem: String,
     /// The CA private key (PKCS#8). Keep it off the nodes.
     pub key_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
     cluster: Option<String>,
 }
 
@@ -105,6 +109,21 @@ impl std::fmt::Debug for IssuedCert {
 impl CertificateAuthority {
     /// Generates a self-signed CA for `cluster` (CN `canopy <cluster> CA`, valid 10 years).
     pub fn generate(cluster: &str) -> Result<Self, CertError> {
+        Self::generate_with_unit(cluster, None)
+    }
+
+    /// Generates a CA as [`CertificateAuthority::generate`] does, with the organizational unit
+    /// `generation <generation>` in its subject.
+    ///
+    /// During a CA rollover nodes trust two CAs at once, and webpki matches a CRL to its CA by
+    /// issuer DN alone: two CAs with one DN would make each one's CRL look forged to the other.
+    /// The common name stays `canopy <cluster> CA`, so [`CertificateAuthority::cluster`] still
+    /// finds the cluster.
+    pub fn generate_generation(cluster: &str, generation: u32) -> Result<Self, CertError> {
+        Self::generate_with_unit(cluster, Some(format!("generation {generation}")))
+    }
+
+    fn generate_with_unit(cluster: &str, unit: Option<String>) -> Result<Self, CertError> {
         validate_cluster(cluster).map_err(CertError::InvalidIdentity)?;
         let key = KeyPair::generate()?;
         let now = OffsetDateTime::now_utc();
@@ -114,6 +133,9 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, ca_common_name(cluster));
         dn.push(DnType::OrganizationName, "canopy");
+        if let Some(unit) = unit {
+            dn.push(DnType::OrganizationalUnitName, unit);
+        }
         params.distinguished_name = dn;
         // Path length 0: the CA signs node certificates only, no intermediates.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -296,7 +318,7 @@ pub fn parse_identity(leaf_der: &[u8]) -> Result<Identity, CertError> {
     Ok(identity)
 }
 
-fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+pub(crate) fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
     let (rest, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| CertError::InvalidCertificate(e.to_string()))?;
     if !rest.is_empty() {

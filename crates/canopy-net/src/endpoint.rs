@@ -30,10 +30,13 @@ use tracing::{debug, info, warn};
 
 use crate::authority::Authority;
 use crate::config::{NetConfig, NetError, NetEvent, SendError};
+use crate::crl::RevocationSet;
 use crate::events::{self, EventSenders, NetEvents};
 use crate::fault::{FaultSocket, Faults};
 use crate::identity::{Identity, NodeId};
 use crate::link::{self, LinkQueues, LinkSenders, CLOSE_IDENTITY, CLOSE_NORMAL};
+use crate::live::{LiveTls, TlsState};
+use crate::refresh::Announcements;
 use crate::session;
 use crate::stats::{bump, Counters, NetStats};
 use crate::sweep::{self, PeerCert};
@@ -82,8 +85,10 @@ impl Drop for Handle {
 pub(crate) struct Shared {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) identity: Identity,
-    /// Signs and checks statements with certificates (the root's placement grants).
-    authority: Authority,
+    /// The own certificate, the trust bundle and revocation lists, swapped on reload.
+    pub(crate) tls: Arc<LiveTls>,
+    /// Peers' announcements of the certificate their next connection presents.
+    pub(crate) announcements: Arc<Announcements>,
     pub(crate) config: NetConfig,
     codec: FrameCodec,
     pub(crate) events: EventSenders,
@@ -127,6 +132,8 @@ pub(crate) struct Link {
     pub(crate) ended: Option<oneshot::Receiver<()>>,
     /// When the connection was established.
     pub(crate) established: Option<tokio::time::Instant>,
+    /// SHA-256 of the certificate this node presented on it (the one current then).
+    pub(crate) own_cert: Option<[u8; 32]>,
 }
 
 impl Link {
@@ -149,8 +156,14 @@ impl NetEndpoint {
     ) -> Result<(NetEndpoint, NetEvents), NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let transport = Arc::new(config.transport_config()?);
-        let server = creds.quic_server_config(transport.clone())?;
-        let client = creds.quic_client_config(transport)?;
+        let identity = creds.identity().clone();
+        let tls = LiveTls::new(TlsState::build(
+            creds,
+            RevocationSet::default(),
+            RevocationSet::default(),
+        )?);
+        let server = tls.quic_server_config(transport.clone())?;
+        let client = tls.quic_client_config(transport)?;
         let faults = Arc::new(Faults::default());
         let mut endpoint = bind_socket(addr, server, faults.clone())
             .map_err(|source| NetError::Bind { addr, source })?;
@@ -161,8 +174,9 @@ impl NetEndpoint {
         let (events, receiver) = events::lanes();
         let shared = Arc::new(Shared {
             endpoint,
-            identity: creds.identity().clone(),
-            authority: Authority::new(&creds)?,
+            identity,
+            tls,
+            announcements: Arc::new(Announcements::default()),
             codec: FrameCodec::new(config.max_frame_len),
             config,
             events,
@@ -183,6 +197,14 @@ impl NetEndpoint {
         ))
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.handle.shared.clone()
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.handle.shared.local_addr
@@ -193,9 +215,12 @@ impl NetEndpoint {
         self.handle.shared.config.max_frame_len
     }
 
-    /// Signs with the own certificate key and checks others' signatures against the CA.
-    pub fn authority(&self) -> &Authority {
-        &self.handle.shared.authority
+    /// Signs with the own certificate key and checks others' signatures against the CA and
+    /// the revocation lists, as of now: a reload does not change an `Authority` already
+    /// handed out (its certificate and key stay a matching pair); ask again after
+    /// [`NetEndpoint::tls_generation`] moves.
+    pub fn authority(&self) -> Authority {
+        self.handle.shared.tls.current().authority.clone()
     }
 
     /// The identity the own certificate names.
@@ -426,7 +451,7 @@ impl Shared {
     }
 
     /// Adds a dial-in-progress link for `peer` and spawns the dial.
-    fn start_dial(
+    pub(crate) fn start_dial(
         self: &Arc<Self>,
         state: &mut State,
         peer: NodeId,
@@ -444,6 +469,7 @@ impl Shared {
             cert: None,
             established: None,
             ended: Some(ended_rx),
+            own_cert: None,
         });
         debug!(peer, %addr, "dialling");
         self.runtime.spawn(session::dial(

@@ -9,10 +9,21 @@
 //! - [`identity`]: [`Identity`], [`CertRole`], the SAN formats.
 //! - [`certs`]: the cluster CA ([`CertificateAuthority`]), issuing node certificates,
 //!   [`parse_identity`].
+//! - [`crl_issue`]: the CA signing revocation lists ([`CertificateAuthority::revocation_list`]).
+//! - [`cert_info`]: [`CertificateInfo`], a certificate's serial, validity and fingerprint, for
+//!   the operator tooling.
 //! - [`authority`]: signing statements with the own certificate key and verifying others'
 //!   against the CA (the root's placement grants); [`CheckedCertificate`] and [`verify_with`]
 //!   check a certificate once and its holder's signatures cheaply many times.
 //! - [`tls`]: [`Credentials`] and the rustls / quinn configurations built from them.
+//! - [`crl`]: [`RevocationList`] and [`RevocationSet`]: CA-signed revocation lists, checked
+//!   against the bundle, newest per CA.
+//! - `live`: the TLS material a running endpoint can swap (certificate resolver and
+//!   verifiers that read the current state on every handshake).
+//! - `refresh`: [`NetEndpoint::refresh_links`] moves live links to a renewed certificate
+//!   without ending their sessions.
+//! - [`reload`]: [`NetEndpoint::reload`] and [`NetEndpoint::add_revocations`] change it and
+//!   close the live links it no longer accepts ([`TrustUpdate`]).
 //! - [`config`]: [`NetConfig`], [`NetEvent`] and the endpoint's errors.
 //! - [`events`]: [`NetEvents`], the two receive lanes (control before data).
 //! - [`stats`]: [`NetStats`], the endpoint's refusal and close counters.
@@ -40,22 +51,31 @@
 //! This crate depends on no Canopy crate but `canopy-proto`.
 
 pub mod authority;
+pub mod cert_info;
 pub mod certs;
 pub mod config;
+pub mod crl;
+pub mod crl_issue;
 pub mod endpoint;
 pub mod events;
 mod fault;
 pub mod identity;
 mod limits;
 mod link;
+mod live;
+mod refresh;
+pub mod reload;
 mod session;
 pub mod stats;
 pub mod sweep;
 pub mod tls;
 
 pub use authority::{verify_with, Authority, CheckedCertificate, KeyAlgorithm, SignatureError};
+pub use cert_info::{fingerprint, hex, parse_serial, pem_certificates, CertificateInfo};
 pub use certs::{default_validity, parse_identity, CertError, CertificateAuthority, IssuedCert};
 pub use config::{NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE};
+pub use crl::{RevocationList, RevocationSet};
+pub use crl_issue::{RevocationReason, RevokedSerial};
 pub use endpoint::{NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
 pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
@@ -63,6 +83,7 @@ pub use link::{
     CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_QUEUE_FULL, CONTROL_PRIORITY,
     MAX_STREAMS_PER_LINK,
 };
+pub use reload::TrustUpdate;
 pub use stats::NetStats;
 pub use sweep::PeerCert;
 pub use tls::{crypto_provider, Credentials};

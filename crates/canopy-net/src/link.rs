@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use canopy_proto::{FrameCodec, FrameError};
+use canopy_proto::{Body, FrameCodec, FrameError};
 use futures_util::StreamExt;
 use quinn::{Connection, ConnectionError, RecvStream, VarInt, WriteError};
 use tokio::sync::mpsc;
@@ -26,6 +26,7 @@ use crate::config::NetEvent;
 use crate::events::{is_data, EventSenders};
 use crate::identity::Identity;
 use crate::limits::{ByteBudget, ReadLimits};
+use crate::refresh::Announcements;
 
 /// QUIC application close code: an orderly close (`close_link`, shutdown, cancelled dial).
 pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
@@ -133,13 +134,14 @@ pub(crate) async fn drive(
     queues: LinkQueues,
     events: &EventSenders,
     limits: Arc<ReadLimits>,
+    announcements: Arc<Announcements>,
 ) -> LinkEnd {
     let mut readers = JoinSet::new();
     // A stream whose reader failed, kept open until the connection is closed.
     let mut held = None;
     let end = tokio::select! {
         end = write_loop(conn, queues) => end,
-        (end, stream) = read_loop(conn, peer, events, &limits, &mut readers) => {
+        (end, stream) = read_loop(conn, peer, events, &limits, &announcements, &mut readers) => {
             held = stream;
             end
         }
@@ -232,6 +234,7 @@ async fn read_loop(
     peer: &Identity,
     events: &EventSenders,
     limits: &Arc<ReadLimits>,
+    announcements: &Arc<Announcements>,
     readers: &mut JoinSet<Result<(), ReadEnd>>,
 ) -> ReadEnd {
     let mut accepted = 0usize;
@@ -253,6 +256,7 @@ async fn read_loop(
                         peer.clone(),
                         events.clone(),
                         limits.clone(),
+                        announcements.clone(),
                     ));
                 }
                 Err(e) => return (LinkEnd::Gone(describe(&e)), None),
@@ -275,6 +279,7 @@ async fn read_stream(
     peer: Identity,
     events: EventSenders,
     limits: Arc<ReadLimits>,
+    announcements: Arc<Announcements>,
 ) -> Result<(), ReadEnd> {
     let mut frames = FramedRead::new(stream, FrameCodec::new(limits.max_frame_len));
     while let Some(frame) = frames.next().await {
@@ -289,6 +294,19 @@ async fn read_stream(
             Ok(msg) => msg,
             Err(end) => return Err((end, Some(frames.into_inner()))),
         };
+        if let Some(Body::LinkRefresh(refresh)) = &msg.body {
+            // Transport business, under the control rate like any control message.
+            if !limits.admit_control() {
+                let end = LinkEnd::closing(
+                    CLOSE_PROTOCOL,
+                    format!("control message rate over {}/s", limits.control_rate),
+                    Cause::ControlRate,
+                );
+                return Err((end, Some(frames.into_inner())));
+            }
+            announcements.announce(peer.node_id, &refresh.certificate_sha256);
+            continue;
+        }
         let event = NetEvent::Message {
             from: peer.clone(),
             msg,

@@ -63,7 +63,28 @@ impl Shared {
             conn.close(CLOSE_IDENTITY, ban.as_bytes());
             return None;
         }
-        if let (Origin::Inbound { .. }, Some(links)) = (&origin, state.links.get_mut(&peer)) {
+        // A node that announced this very certificate on its live link is moving that link
+        // to it: the new connection stands beside the old, which the node closes itself.
+        let moving = matches!(origin, Origin::Inbound { .. })
+            && state
+                .links
+                .get(&peer)
+                .is_some_and(|links| links.iter().any(Link::is_live))
+            && self.announcements.take(peer, &cert.der);
+        if moving {
+            info!(peer, remote = %conn.remote_address(), "peer moves its link to a renewed certificate");
+            bump(&self.counters.links_moved);
+        }
+        let own_cert = self
+            .tls
+            .current()
+            .creds
+            .chain()
+            .first()
+            .map(|leaf| crate::refresh::digest(leaf));
+        if let (false, Origin::Inbound { .. }, Some(links)) =
+            (moving, &origin, state.links.get_mut(&peer))
+        {
             // Our own dial stays only if it is as young as a simultaneous dial would be: a
             // later connection with the same certificate is a new session (the peer
             // restarted, or a copy of its certificate came up) and takes the place, visibly.
@@ -104,6 +125,7 @@ impl Shared {
                     .find(|l| l.id == id)?;
                 link.conn = Some(conn.clone());
                 link.cert = Some(cert);
+                link.own_cert = own_cert;
                 link.established = Some(tokio::time::Instant::now());
                 Some(Registered {
                     id,
@@ -124,6 +146,7 @@ impl Shared {
                     cert: Some(cert),
                     established: Some(tokio::time::Instant::now()),
                     ended: Some(ended),
+                    own_cert,
                 });
                 Some(Registered {
                     id,
@@ -170,7 +193,15 @@ impl Shared {
             let _ = self.events.control.send(up).await;
         }
         let limits = Arc::new(ReadLimits::new(&self.config, self.counters.clone()));
-        let end = link::drive(&conn, &peer, registered.queues, &self.events, limits).await;
+        let end = link::drive(
+            &conn,
+            &peer,
+            registered.queues,
+            &self.events,
+            limits,
+            self.announcements.clone(),
+        )
+        .await;
         let reason = match end {
             LinkEnd::Local {
                 code,

@@ -28,6 +28,12 @@ pub struct NetStats {
     pub closed_streams: u64,
     /// Links closed because the peer's certificate expired while the link was live.
     pub closed_expired: u64,
+    /// Links closed after a reload or a pushed revocation list because the peer's certificate
+    /// is revoked or no longer chains to the trusted CAs.
+    pub closed_untrusted: u64,
+    /// Inbound connections that took over a peer's live link after it announced a renewed
+    /// certificate (no session ended).
+    pub links_moved: u64,
     /// Links closed because the peer read too slowly and a send queue overflowed (frames or
     /// bytes).
     pub closed_queue_full: u64,
@@ -50,6 +56,8 @@ pub(crate) struct Counters {
     pub closed_control_rate: AtomicU64,
     pub closed_streams: AtomicU64,
     pub closed_expired: AtomicU64,
+    pub closed_untrusted: AtomicU64,
+    pub links_moved: AtomicU64,
     pub closed_queue_full: AtomicU64,
     pub data_throttled: AtomicU64,
     connections: AtomicU64,
@@ -74,6 +82,8 @@ impl Counters {
             closed_control_rate: get(&self.closed_control_rate),
             closed_streams: get(&self.closed_streams),
             closed_expired: get(&self.closed_expired),
+            closed_untrusted: get(&self.closed_untrusted),
+            links_moved: get(&self.links_moved),
             closed_queue_full: get(&self.closed_queue_full),
             data_throttled: get(&self.data_throttled),
             connections: get(&self.connections),

@@ -31,6 +31,8 @@ pub struct PeerCert {
     pub issuer: String,
     /// The last second the certificate is valid, in Unix seconds.
     pub not_after: i64,
+    /// The certificate itself (DER), to check it again after the trust changes.
+    pub der: Vec<u8>,
 }
 
 impl PeerCert {
@@ -44,6 +46,7 @@ impl PeerCert {
             issuer_der: cert.issuer().as_raw().to_vec(),
             issuer: cert.issuer().to_string(),
             not_after: cert.validity().not_after.timestamp(),
+            der: leaf_der.to_vec(),
         })
     }
 

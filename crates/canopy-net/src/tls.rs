@@ -29,6 +29,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// identity its certificate names.
 pub struct Credentials {
     roots: Arc<RootCertStore>,
+    /// The bundle's certificates as read (to check revocation lists' signatures).
+    roots_der: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     identity: Identity,
@@ -38,6 +40,7 @@ impl Clone for Credentials {
     fn clone(&self) -> Self {
         Credentials {
             roots: self.roots.clone(),
+            roots_der: self.roots_der.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             identity: self.identity.clone(),
@@ -95,11 +98,11 @@ impl Credentials {
     }
 
     fn assemble(
-        roots: Result<RootCertStore, CertError>,
+        roots: Result<(RootCertStore, Vec<CertificateDer<'static>>), CertError>,
         chain: Result<Vec<CertificateDer<'static>>, CertError>,
         key: Result<PrivateKeyDer<'static>, CertError>,
     ) -> Result<Self, (Part, CertError)> {
-        let roots = roots.map_err(|e| (Part::Inputs, e))?;
+        let (roots, roots_der) = roots.map_err(|e| (Part::Inputs, e))?;
         let chain = chain.map_err(|e| (Part::Inputs, e))?;
         let key = key.map_err(|e| (Part::Inputs, e))?;
         match CertifiedKey::from_der(chain.clone(), key.clone_key(), &crypto_provider()) {
@@ -115,6 +118,7 @@ impl Credentials {
         let identity = parse_identity(leaf).map_err(|e| (Part::Cert, e))?;
         Ok(Credentials {
             roots: Arc::new(roots),
+            roots_der,
             chain,
             key,
             identity,
@@ -142,6 +146,15 @@ impl Credentials {
         Ok(())
     }
 
+    /// The CA bundle's certificates.
+    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
+        &self.roots_der
+    }
+
+    pub(crate) fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
+    }
+
     /// The own private key.
     pub(crate) fn key(&self) -> &PrivateKeyDer<'static> {
         &self.key
@@ -157,15 +170,11 @@ impl Credentials {
 
     /// rustls server configuration: client certificate required and verified against the CA.
     pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, CertError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.client_verifier()?)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        config.session_storage = Arc::new(NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-        config.max_early_data_size = 0;
-        Ok(config)
+        Ok(finish_server_config(config))
     }
 
     /// rustls client configuration: server verified against the CA (by DNS SAN), own
@@ -175,14 +184,11 @@ impl Credentials {
             WebPkiServerVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
                 .build()
                 .map_err(|e| CertError::TrustStore(e.to_string()))?;
-        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_webpki_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        config.resumption = Resumption::disabled();
-        config.enable_early_data = false;
-        Ok(config)
+        Ok(finish_client_config(config))
     }
 
     /// quinn server configuration with the given transport parameters.
@@ -210,6 +216,23 @@ impl Credentials {
     }
 }
 
+/// ALPN, and no session resumption or early data: every connection verifies a full chain.
+pub(crate) fn finish_server_config(mut config: rustls::ServerConfig) -> rustls::ServerConfig {
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.max_early_data_size = 0;
+    config
+}
+
+/// ALPN, and no session resumption or early data: every connection verifies a full chain.
+pub(crate) fn finish_client_config(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    config
+}
+
 /// Which input an assembly error belongs to (for naming the file in [`Credentials::load`]).
 enum Part {
     /// Already attributed (each input parsed on its own).
@@ -225,13 +248,16 @@ fn read(path: &Path) -> Result<String, CertError> {
     })
 }
 
-/// A trust store of every certificate in a CA bundle.
-pub(crate) fn roots_from_pem(ca_pem: &str) -> Result<RootCertStore, CertError> {
+/// A trust store of every certificate in a CA bundle, and the certificates themselves.
+pub(crate) fn roots_from_pem(
+    ca_pem: &str,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), CertError> {
     let mut roots = RootCertStore::empty();
-    for cert in certs_from_pem(ca_pem)? {
+    let certs = certs_from_pem(ca_pem)?;
+    for cert in &certs {
         roots
-            .add(cert)
+            .add(cert.clone())
             .map_err(|e| CertError::TrustStore(format!("unusable CA certificate: {e}")))?;
     }
-    Ok(roots)
+    Ok((roots, certs))
 }

@@ -103,12 +103,61 @@ pub(crate) async fn answer_admin(
             let result = group.remove_candidate(change.node_id).await;
             fill_error(&mut response, result);
         }
+        (Some(group), Some(Command::Revoke(revoke))) => {
+            match commit_revocations(&group, &net, &revoke.lists).await {
+                Ok(status) => response.status_json = status.to_string(),
+                Err(e) => fill_error(&mut response, Err(e)),
+            }
+        }
     }
     let _ = net.send(
         from,
         None,
         ControlMessage::new(Body::AdminResponse(response)),
     );
+}
+
+/// One revocation commit at a time per candidate: each reads the committed set and writes
+/// it back merged, and two at once would lose one.
+static REVOKE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Commits `lists` (merged with what is committed) through the root group, puts them in
+/// force here and floods them down the tree.
+async fn commit_revocations(
+    group: &RootGroup,
+    net: &NetEndpoint,
+    lists: &[bytes::Bytes],
+) -> Result<serde_json::Value, ProposeError> {
+    let _one_at_a_time = REVOKE_LOCK.lock().await;
+    // Everything committed so far is applied here before the set is read.
+    group.catch_up().await?;
+    let current = group.revocations();
+    let merged =
+        crate::revocations::merged_for_commit(net, &current, lists).map_err(ProposeError::Other)?;
+    let committed = match merged {
+        Some(merged) => {
+            group
+                .propose(vec![canopy_tree::ViewChange::Revocations {
+                    lists: merged.clone(),
+                }])
+                .await?;
+            merged
+        }
+        None => current,
+    };
+    let (parsed, _) = crate::revocations::parse_lists(
+        &committed
+            .iter()
+            .cloned()
+            .map(bytes::Bytes::from)
+            .collect::<Vec<_>>(),
+    );
+    crate::revocations::adopt(net, parsed, "root group");
+    let flooded = crate::revocations::flood(net, None);
+    Ok(serde_json::json!({
+        "lists": committed.len(),
+        "sent_to": flooded,
+    }))
 }
 
 fn fill_error(response: &mut AdminResponse, result: Result<(), ProposeError>) {
@@ -241,6 +290,45 @@ impl AdminClient {
         candidates: &[(NodeId, SocketAddr)],
         change: MembershipChange,
     ) -> Result<NodeId, AdminError> {
+        let command = match &change {
+            MembershipChange::Add { id, address } => Command::AddCandidate(CandidateChange {
+                node_id: *id,
+                address: address.to_string(),
+            }),
+            MembershipChange::Remove { id } => Command::RemoveCandidate(CandidateChange {
+                node_id: *id,
+                address: String::new(),
+            }),
+        };
+        Ok(self.ask_leader(candidates, command).await?.0)
+    }
+
+    /// Commits certificate revocation lists (DER) through the root group, which pushes them
+    /// down the tree. Returns the leader that committed them and its report (`lists`: how
+    /// many lists are in force, `sent_to`: the peers it sent them to).
+    pub async fn revoke(
+        &mut self,
+        candidates: &[(NodeId, SocketAddr)],
+        lists: Vec<Vec<u8>>,
+    ) -> Result<(NodeId, serde_json::Value), AdminError> {
+        let command = Command::Revoke(canopy_proto::v1::RevokeRequest {
+            lists: lists.into_iter().map(bytes::Bytes::from).collect(),
+        });
+        let (id, response) = self.ask_leader(candidates, command).await?;
+        let report =
+            serde_json::from_str(&response.status_json).map_err(|e| AdminError::BadStatus {
+                id,
+                error: e.to_string(),
+            })?;
+        Ok((id, report))
+    }
+
+    /// Asks `candidates` in turn, following leader hints, until one accepts `command`.
+    async fn ask_leader(
+        &mut self,
+        candidates: &[(NodeId, SocketAddr)],
+        command: Command,
+    ) -> Result<(NodeId, AdminResponse), AdminError> {
         let mut known: HashMap<NodeId, SocketAddr> = candidates.iter().copied().collect();
         let mut queue: Vec<(NodeId, SocketAddr)> = candidates.to_vec();
         queue.reverse();
@@ -251,18 +339,8 @@ impl AdminClient {
             if tries > candidates.len() + 4 {
                 break;
             }
-            let command = match &change {
-                MembershipChange::Add { id, address } => Command::AddCandidate(CandidateChange {
-                    node_id: *id,
-                    address: address.to_string(),
-                }),
-                MembershipChange::Remove { id } => Command::RemoveCandidate(CandidateChange {
-                    node_id: *id,
-                    address: String::new(),
-                }),
-            };
-            match self.ask(id, address, command).await {
-                Ok(_) => return Ok(id),
+            match self.ask(id, address, command.clone()).await {
+                Ok(response) => return Ok((id, response)),
                 Err(AdminError::Refused {
                     leader: Some((leader, leader_address)),
                     ..

@@ -156,6 +156,10 @@ pub fn authorize(from: &Identity, msg: &ControlMessage, max_frame: usize) -> Res
             same_node(m.parent_id)
         }
         Body::Cull(_) => may(is_routing(role)),
+        // CA-signed, checked by the receiver; only nodes that have children pass them on.
+        Body::Revocations(_) => may(is_routing(role)),
+        // The transport consumes these; one that got this far is out of place.
+        Body::LinkRefresh(_) => may(false),
         Body::ChildRemoved(m) => {
             may(is_routing(role))?;
             same_node(m.parent_id)

@@ -302,7 +302,16 @@ impl Runtime {
                         "serving as root"
                     );
                     candidate.serve();
+                    let committed = candidate.group.revocations();
                     self.handle(Input::BecomeRoot { view });
+                    // What the group committed is in force at its new root, even if this
+                    // candidate missed the old leader's push.
+                    let wire: Vec<bytes::Bytes> =
+                        committed.into_iter().map(bytes::Bytes::from).collect();
+                    let (lists, _) = crate::revocations::parse_lists(&wire);
+                    if crate::revocations::adopt(&self.net, lists, "root group") {
+                        self.flood_revocations(None);
+                    }
                 }
                 None => {
                     warn!(node = id, "no tree view after NewRoot committed");

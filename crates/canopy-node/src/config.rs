@@ -198,6 +198,29 @@ pub struct TlsConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// CA-signed revocation lists (`canopy certs revoke` writes `crl.pem`); optional.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// How often the files above are checked for changes, in milliseconds; a change is in
+    /// force (and links to newly revoked peers closed) within this long.
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    500
+}
+
+impl TlsConfig {
+    /// The files the node's TLS material comes from.
+    pub fn files(&self) -> crate::reload::CredentialFiles {
+        crate::reload::CredentialFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            crl: self.crl.clone(),
+        }
+    }
 }
 
 /// One root candidate.
@@ -281,6 +304,7 @@ impl NodeConfig {
             ]
             .into_iter()
             .chain(config.kv.group_keys.as_mut())
+            .chain(config.tls.crl.as_mut())
             {
                 if p.is_relative() {
                     *p = dir.join(&*p);
@@ -319,6 +343,16 @@ impl NodeConfig {
                 key,
                 message,
             })?;
+        if config.tls.reload_ms == 0 || config.tls.reload_ms > 3_600_000 {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                key: "tls.reload_ms",
+                message: format!(
+                    "{} is not between 1 and 3600000 milliseconds",
+                    config.tls.reload_ms
+                ),
+            });
+        }
         if config.root_candidates.is_empty() {
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),

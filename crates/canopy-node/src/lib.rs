@@ -18,6 +18,8 @@ mod grants;
 pub mod kv;
 pub mod limits;
 pub mod local;
+pub mod reload;
+mod revocations;
 mod runtime;
 mod tags;
 

@@ -179,8 +179,15 @@ impl PeerLimits {
 
 /// The largest encoding a message of this kind may have, given the link's frame limit.
 pub fn max_encoded_len(msg: &ControlMessage, max_frame: usize) -> usize {
+    use canopy_proto::v1::admin_request::Command;
     use canopy_proto::Body;
-    match msg.body {
+    match &msg.body {
+        // Revocation lists are as large as they are; the frame bounds them.
+        Some(Body::AdminRequest(request))
+            if matches!(request.command, Some(Command::Revoke(_))) =>
+        {
+            max_frame
+        }
         Some(
             Body::JoinRequest(_)
             | Body::NotLeader(_)
@@ -212,7 +219,9 @@ impl RateKind {
         use canopy_proto::Body;
         match msg.body {
             Some(Body::JoinRequest(_)) => Some(RateKind::Join),
-            Some(Body::Reattach(_) | Body::InterestSnapshot(_)) => Some(RateKind::Snapshot),
+            Some(Body::Reattach(_) | Body::InterestSnapshot(_) | Body::Revocations(_)) => {
+                Some(RateKind::Snapshot)
+            }
             _ => None,
         }
     }

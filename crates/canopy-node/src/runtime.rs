@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::candidate::{Candidate, CandidateChannels};
 use crate::grants;
 use crate::limits::{PeerLimits, RateKind, RateLimiter};
+use crate::revocations::RevocationRelay;
 use crate::{authorize, tree_role};
 
 /// How long a refused peer's in-flight messages are ignored if it does not come back.
@@ -210,6 +211,17 @@ impl NodeHandle {
     }
 
     /// The transport's counters (refusals and closes by reason, live connections).
+    /// Counts changes of the node's TLS material (reloads, revocation lists) since it started.
+    pub fn tls_generation(&self) -> u64 {
+        self.net.tls_generation()
+    }
+
+    /// Signs with the node's current certificate key and checks others' certificates under
+    /// the current trust.
+    pub fn authority(&self) -> canopy_net::Authority {
+        self.net.authority()
+    }
+
     pub fn net_stats(&self) -> canopy_net::NetStats {
         self.net.stats()
     }
@@ -371,6 +383,7 @@ fn spawn(
         )),
         topology: topology_tx,
         tamper: tamper.clone(),
+        revocations: RevocationRelay::default(),
     };
     let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
@@ -412,6 +425,8 @@ pub(crate) struct Runtime {
     pub(crate) admin_permits: Arc<tokio::sync::Semaphore>,
     topology: watch::Sender<Topology>,
     tamper: SharedTamper,
+    /// Which children have had the revocation lists in force.
+    pub(crate) revocations: RevocationRelay,
 }
 
 impl Runtime {
@@ -503,6 +518,13 @@ impl Runtime {
                     self.handle(Input::LinkClosed { peer: from.node_id });
                     return;
                 }
+                let msg = match msg.body {
+                    Some(Body::Revocations(lists)) => {
+                        self.on_revocations(from.node_id, lists);
+                        return;
+                    }
+                    _ => msg,
+                };
                 let msg = match self.take_candidate_message(&from, msg) {
                     Some(msg) => msg,
                     None => return,
@@ -529,6 +551,7 @@ impl Runtime {
                 if let Some(candidate) = &self.candidate {
                     candidate.on_link_closed(peer);
                 }
+                self.revocations.forget(peer);
                 self.handle(Input::LinkClosed { peer });
             }
         }
@@ -554,7 +577,7 @@ impl Runtime {
             self.counters.refused += 1;
             return Err(reason);
         }
-        if let Err(reason) = grants::check(self.net.authority(), self.net.identity(), msg) {
+        if let Err(reason) = grants::check(&self.net.authority(), self.net.identity(), msg) {
             self.counters.grants_refused += 1;
             return Err(reason);
         }
@@ -627,8 +650,9 @@ impl Runtime {
         match output {
             Output::Send { to, mut msg } => {
                 if self.node.is_serving_root() {
-                    grants::sign(self.net.authority(), &mut msg);
+                    grants::sign(&self.net.authority(), &mut msg);
                 }
+                self.revocations_before_send(to);
                 self.send(to, msg)
             }
             Output::CloseLink { peer, reason } => {

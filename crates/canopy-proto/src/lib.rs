@@ -44,6 +44,8 @@ impl ControlMessage {
             Some(Body::AdminRequest(_)) => "admin_request",
             Some(Body::AdminResponse(_)) => "admin_response",
             Some(Body::ReleaseChild(_)) => "release_child",
+            Some(Body::Revocations(_)) => "revocations",
+            Some(Body::LinkRefresh(_)) => "link_refresh",
         }
     }
 }

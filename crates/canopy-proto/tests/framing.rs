@@ -31,9 +31,11 @@ fn variant_index(body: &Body) -> usize {
         Body::AdminRequest(_) => 13,
         Body::AdminResponse(_) => 14,
         Body::ReleaseChild(_) => 15,
+        Body::Revocations(_) => 16,
+        Body::LinkRefresh(_) => 17,
     }
 }
-const VARIANT_COUNT: usize = 16;
+const VARIANT_COUNT: usize = 18;
 
 /// One message of every type, with every field set to a non-default value.
 fn every_variant() -> Vec<ControlMessage> {
@@ -143,6 +145,15 @@ fn every_variant() -> Vec<ControlMessage> {
         Body::ReleaseChild(ReleaseChild {
             child_id: 9,
             assignment_id: 79,
+        }),
+        Body::Revocations(canopy_proto::v1::Revocations {
+            lists: vec![
+                Bytes::from_static(b"a list"),
+                Bytes::from_static(b"another"),
+            ],
+        }),
+        Body::LinkRefresh(canopy_proto::v1::LinkRefresh {
+            certificate_sha256: Bytes::from_static(&[7; 32]),
         }),
     ];
     bodies.into_iter().map(ControlMessage::new).collect()

@@ -365,6 +365,11 @@ impl RootGroup {
         self.inner.applied.read().view.clone()
     }
 
+    /// The cluster's revocation lists (DER) as committed and applied here.
+    pub fn revocations(&self) -> Vec<Vec<u8>> {
+        self.inner.applied.read().revocations.clone()
+    }
+
     /// Leadership as this candidate sees it; changes on every metrics update.
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.inner.leadership.clone()

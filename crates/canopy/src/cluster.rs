@@ -2,11 +2,11 @@
 //! over mutual TLS with an admin certificate.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use canopy_net::Credentials;
+use canopy_net::{Credentials, RevocationList};
 use canopy_node::admin::{AdminClient, MembershipChange};
 use canopy_node::NodeConfig;
 use clap::{Args, Subcommand};
@@ -40,6 +40,16 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Commit a revocation list (DIR/crl.pem, written by `canopy certs revoke`) through the
+    /// root group, which pushes it down the tree: every node enforces it, detached ones when
+    /// they rejoin.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The CRL file to push (PEM, one list per CA).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+    },
 }
 
 /// How to reach the root group.
@@ -47,7 +57,7 @@ pub enum ClusterCommand {
 pub struct AdminArgs {
     /// Directory holding ca.pem and the admin's node-ID.pem / node-ID.key.
     #[arg(long, default_value = "certs")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Node id of the admin certificate (`canopy certs issue --role admin --id N`).
     #[arg(long)]
     admin_id: u64,
@@ -59,7 +69,7 @@ pub struct AdminArgs {
     config: Option<PathBuf>,
 }
 
-fn parse_candidate(text: &str) -> Result<(u64, SocketAddr), String> {
+pub fn parse_candidate(text: &str) -> Result<(u64, SocketAddr), String> {
     let (id, address) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected ID=HOST:PORT"))?;
@@ -73,6 +83,20 @@ fn parse_candidate(text: &str) -> Result<(u64, SocketAddr), String> {
 }
 
 impl AdminArgs {
+    pub fn new(
+        dir: PathBuf,
+        admin_id: u64,
+        candidates: Vec<(u64, SocketAddr)>,
+        config: Option<PathBuf>,
+    ) -> Self {
+        AdminArgs {
+            dir,
+            admin_id,
+            candidates,
+            config,
+        }
+    }
+
     fn candidates(&self) -> anyhow::Result<Vec<(u64, SocketAddr)>> {
         let mut list = self.candidates.clone();
         if let Some(path) = &self.config {
@@ -85,11 +109,21 @@ impl AdminArgs {
         Ok(list)
     }
 
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    /// Whatever can be checked without the network: the admin's files and a candidate list.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.candidates()?;
+        self.credentials()?;
+        Ok(())
+    }
+
+    fn credentials(&self) -> anyhow::Result<Credentials> {
         let cert = self.dir.join(format!("node-{}.pem", self.admin_id));
         let key = self.dir.join(format!("node-{}.key", self.admin_id));
-        let creds = Credentials::load(&self.dir.join("ca.pem"), &cert, &key)?;
-        Ok(AdminClient::connect(creds, None)?)
+        Ok(Credentials::load(&self.dir.join("ca.pem"), &cert, &key)?)
+    }
+
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::connect(self.credentials()?, None)?)
     }
 }
 
@@ -102,7 +136,46 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::RemoveCandidate { admin, id } => {
             change(&admin, MembershipChange::Remove { id }).await
         }
+        ClusterCommand::Revoke { admin, crl } => {
+            let crl = crl.unwrap_or_else(|| admin.dir.join("crl.pem"));
+            push_crl(&admin, &crl).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Commits the lists in `crl` through the root group and says what the leader reported.
+pub async fn push_crl(admin: &AdminArgs, crl: &Path) -> anyhow::Result<()> {
+    let creds = admin.credentials()?;
+    let lists = read_lists(&creds, crl)?;
+    let candidates = admin.candidates()?;
+    let mut client = AdminClient::connect(creds, None)?;
+    let result = client.revoke(&candidates, lists).await;
+    client.close().await;
+    let (leader, report) = result.context("pushing the revocation list failed")?;
+    println!(
+        "revocation committed by leader {leader}: {} list(s) in force, sent to {} peer(s) of \
+         the leader; the tree passes it down",
+        report["lists"],
+        report["sent_to"].as_array().map_or(0, Vec::len)
+    );
+    Ok(())
+}
+
+/// The DER lists of a CRL file, each checked against the admin's CA bundle, so a wrong file
+/// is named here rather than refused by the leader.
+fn read_lists(creds: &Credentials, crl: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text =
+        std::fs::read_to_string(crl).with_context(|| format!("reading {}", crl.display()))?;
+    let lists = RevocationList::from_pem(&text).with_context(|| crl.display().to_string())?;
+    if lists.is_empty() {
+        bail!("{} holds no revocation list", crl.display());
+    }
+    for list in &lists {
+        list.verify(creds.roots_der())
+            .with_context(|| format!("{} against the admin's CA bundle", crl.display()))?;
+    }
+    Ok(lists.iter().map(|l| l.der().to_vec()).collect())
 }
 
 async fn change(admin: &AdminArgs, change: MembershipChange) -> anyhow::Result<ExitCode> {

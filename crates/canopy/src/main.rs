@@ -93,7 +93,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => run::run(&config).await,
-            Command::Certs { command } => certs::run(command),
+            Command::Certs { command } => certs::run(command).await,
             Command::Keys { command } => keys::run(command),
             Command::Cluster { command } => cluster::run(command).await,
             Command::Demo(args) => demo::run(args).await,

@@ -32,8 +32,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         recheck_interval: tree.heartbeat_interval,
         ..NetConfig::default()
     });
+    let files = config.tls.files();
     let (endpoint, events) = NetEndpoint::bind(config.listen, creds, net_config)
         .with_context(|| format!("binding {}", config.listen))?;
+    if files.crl.is_some() {
+        // At start a list that does not load is an error; later, a broken file keeps the
+        // lists in force.
+        files
+            .apply(&endpoint)
+            .context("loading the revocation list")?;
+    }
+    let reload_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let watcher = canopy_node::reload::spawn_watcher(
+        endpoint.clone(),
+        files,
+        std::time::Duration::from_millis(config.tls.reload_ms),
+        reload_now.clone(),
+    );
+    let _watcher = AbortOnDrop(watcher);
+    let signals = spawn_signal_handler(reload_now)?;
+    let _signals = AbortOnDrop(signals.0);
+    let mut terminate = signals.1;
     let roots: Vec<RootCandidate> = config
         .root_candidates
         .iter()
@@ -153,6 +172,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         result = api => result?,
         () = drain(deliveries.as_mut()) => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => info!("SIGTERM"),
         () = replica_ended => {
             // A client that cannot apply what it receives must not look healthy: leave, so
             // that a supervisor restarts it.
@@ -212,4 +232,39 @@ fn seed_from_clock() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     std::collections::hash_map::RandomState::new().hash_one(nanos ^ u64::from(std::process::id()))
+}
+
+/// Aborts a background task when the node stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `SIGHUP` reloads the certificate, key, CA bundle and revocation list now; `SIGTERM` (what
+/// service managers send) arrives on the returned channel and leaves the tree like Ctrl-C.
+fn spawn_signal_handler(
+    reload_now: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, tokio::sync::mpsc::Receiver<()>)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hangup.recv() => {
+                    info!("SIGHUP: reloading credentials");
+                    reload_now.notify_one();
+                }
+                Some(()) = term.recv() => {
+                    let _ = tx.send(()).await;
+                }
+                else => break,
+            }
+        }
+    });
+    Ok((task, rx))
 }

@@ -183,7 +183,9 @@ pub fn spawn_kv(
 ) -> KvNode {
     let (commands, command_rx) = mpsc::channel(256);
     let node_id = node.id();
+    let tls_generation = node.tls_generation();
     let task = ReplicaTask {
+        tls_generation,
         node,
         replica,
         subscribed: HashSet::new(),
@@ -284,9 +286,29 @@ struct ReplicaTask {
     /// Patterns subscribed only for the watches on them.
     transient: HashSet<String>,
     topology: Topology,
+    /// The node's TLS generation the replica's credentials were taken at.
+    tls_generation: u64,
 }
 
 impl ReplicaTask {
+    /// After the node reloaded its certificate or trust, the replica signs and checks with
+    /// the new material.
+    fn follow_credentials(&mut self) {
+        let generation = self.node.tls_generation();
+        if generation != self.tls_generation {
+            self.tls_generation = generation;
+            self.replica
+                .set_credentials(Arc::new(super::NodeCredentials::new(
+                    self.node.authority(),
+                    self.node.id(),
+                )));
+            debug!(
+                node = self.node.id(),
+                generation, "replica follows new credentials"
+            );
+        }
+    }
+
     async fn run(
         mut self,
         mut deliveries: mpsc::Receiver<Delivery>,
@@ -295,6 +317,7 @@ impl ReplicaTask {
         let mut topology = self.node.topology();
         self.sync_subscriptions().await;
         loop {
+            self.follow_credentials();
             let wake = self
                 .replica
                 .next_wake_ms()

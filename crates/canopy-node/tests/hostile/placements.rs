@@ -69,7 +69,7 @@ async fn forged_assignments_move_nobody_and_wedge_nobody() {
     // The victim now refuses router 950 for a while; another router certificate tries.
     let mut router_b = Rogue::new(&tree, 954, CertRole::Router);
     let forged = signed_by(
-        router_b.endpoint.authority(),
+        &router_b.endpoint.authority(),
         placement(victim, 954, u64::MAX, root),
     );
     router_b.send(victim, victim_addr, assign(victim, 954, Some(forged)));
@@ -84,7 +84,7 @@ async fn forged_assignments_move_nobody_and_wedge_nobody() {
     // grant in its own name: the signature is good, the authority is not.
     let stranger = Rogue::new(&tree, 951, CertRole::RootCandidate);
     let grant = signed_by(
-        stranger.endpoint.authority(),
+        &stranger.endpoint.authority(),
         placement(victim, 951, u64::MAX, 951),
     );
     stranger.send(victim, victim_addr, assign(victim, 951, Some(grant)));
@@ -138,7 +138,7 @@ async fn only_the_serving_root_adopts_and_culls() {
     // to cull its clients.
     let stranger = Rogue::new(&tree, 952, CertRole::RootCandidate);
     let grant = signed_by(
-        stranger.endpoint.authority(),
+        &stranger.endpoint.authority(),
         placement(999, router, 7, 952),
     );
     let adopt = ControlMessage::new(Body::AdoptChild(AdoptChild {

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use canopy_tree::{TreeConfig, TreeView, ViewSnapshot};
+use canopy_tree::{TreeConfig, TreeView, ViewChange, ViewSnapshot};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -31,12 +31,17 @@ pub(crate) struct SnapshotPayload {
     /// Log id of the last entry the snapshot includes (also in its metadata).
     pub last_log_id: Option<LogId<CandidateId>>,
     pub view: Option<ViewSnapshot>,
+    /// The committed revocation lists (DER); absent in snapshots from before they existed.
+    #[serde(default)]
+    pub revocations: Vec<Vec<u8>>,
 }
 
 /// The applied state: what the committed log up to `last_applied` amounts to.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub view: Option<TreeView>,
+    /// The cluster's revocation lists as last committed (DER).
+    pub revocations: Vec<Vec<u8>>,
     pub last_applied: Option<LogId<CandidateId>>,
     pub last_membership: StoredMembership<CandidateId, BasicNode>,
 }
@@ -142,6 +147,7 @@ impl StateMachine {
         };
         Ok(Applied {
             view,
+            revocations: payload.revocations,
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         })
@@ -178,6 +184,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 format: SNAPSHOT_FORMAT,
                 last_log_id: applied.last_applied,
                 view: applied.view.as_ref().map(TreeView::to_snapshot),
+                revocations: applied.revocations.clone(),
             };
             let data = encode("snapshot", &payload)
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -231,8 +238,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(changes) => {
-                    for change in &changes {
-                        change.apply_to(&mut applied.view, &self.tree_config);
+                    for change in changes {
+                        match change {
+                            ViewChange::Revocations { lists } => applied.revocations = lists,
+                            change => change.apply_to(&mut applied.view, &self.tree_config),
+                        }
                     }
                 }
                 EntryPayload::Membership(membership) => {

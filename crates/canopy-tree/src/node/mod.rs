@@ -250,11 +250,13 @@ impl Node {
             Body::ChildRemoved(removed) => self.root_on_child_removed(from, removed, now, out),
             Body::ReleaseChild(release) => self.on_release(from, release, now, out),
             Body::Multicast(multicast) => self.on_multicast(from, multicast, out),
-            // Raft and operator traffic belongs to the driver, never to the tree.
+            // Raft, operator and revocation traffic belongs to the driver, never to the tree.
             Body::RaftRequest(_)
             | Body::RaftResponse(_)
             | Body::AdminRequest(_)
-            | Body::AdminResponse(_) => {
+            | Body::AdminResponse(_)
+            | Body::Revocations(_)
+            | Body::LinkRefresh(_) => {
                 self.dropped(from, kind, DropReason::UnexpectedMessage, out);
             }
         }

@@ -28,6 +28,10 @@ pub enum ViewChange {
     },
     /// `node` left the tree; its children stay, detached, until they rejoin or expire.
     Remove { node: NodeId, at: Time },
+    /// The cluster's certificate revocation lists (DER), replacing the previous set. Opaque
+    /// to the tree: the node layer checks their CA signatures, enforces them and passes them
+    /// down the tree.
+    Revocations { lists: Vec<Vec<u8>> },
 }
 
 /// One node's replicated facts; the view's indexes and counts are derived from these.
@@ -102,6 +106,8 @@ impl TreeView {
                 *salt,
             ),
             ViewChange::Remove { node, at } => self.remove(*node, *at),
+            // Kept beside the view by the root group's state machine.
+            ViewChange::Revocations { .. } => {}
         }
     }
 

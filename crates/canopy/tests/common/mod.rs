@@ -1,5 +1,8 @@
 //! Helpers shared by the CLI tests: the binary, processes that die with the test, free ports.
 
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -57,7 +60,6 @@ pub fn issue(dir: &str, id: u64, role: &str) -> String {
 /// `dir/certs`, API socket `node-ID.sock`) whose root candidate 1 listens on `root_port`;
 /// `extra` goes after `region` (top-level keys first, then tables). The file ends with the
 /// `[timers]` table, so a test can append timer keys.
-#[allow(dead_code)] // each test binary compiles this module; not all write configurations
 pub fn node_config(dir: &Path, id: u64, port: u16, root_port: u16, extra: &str) -> PathBuf {
     let path = dir.join(format!("node-{id}.toml"));
     let text = format!(
