@@ -114,7 +114,9 @@ pub fn parse_serial(text: &str) -> Result<Vec<u8>, CertError> {
 
 /// Drops the leading zero bytes DER adds to keep a serial positive, so one serial has one
 /// spelling whichever way it was read.
-fn normalize_serial(raw: &[u8]) -> Vec<u8> {
+/// A big-endian integer without its leading zero bytes (DER adds one to keep a serial with
+/// its high bit set positive; CRL writers and certificate writers may disagree on it).
+pub(crate) fn normalize_serial(raw: &[u8]) -> Vec<u8> {
     match raw.iter().position(|b| *b != 0) {
         Some(first) => raw[first..].to_vec(),
         None => vec![0],

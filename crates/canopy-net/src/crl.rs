@@ -6,6 +6,7 @@
 //! the key of a CA in the node's bundle: a peer can replay an old list (ignored, its number
 //! is not higher) but cannot forge or widen one.
 
+use crate::cert_info::{hex, normalize_serial};
 use std::collections::BTreeMap;
 
 use rustls::pki_types::CertificateDer;
@@ -59,11 +60,11 @@ impl RevocationList {
         }
         let number = crl
             .crl_number()
-            .map(|n| trim(&n.to_bytes_be()).to_vec())
+            .map(|n| normalize_serial(&n.to_bytes_be()))
             .unwrap_or_default();
         let mut serials: Vec<Vec<u8>> = crl
             .iter_revoked_certificates()
-            .map(|revoked| trim(revoked.raw_serial()).to_vec())
+            .map(|revoked| normalize_serial(revoked.raw_serial()))
             .collect();
         serials.sort_unstable();
         serials.dedup();
@@ -138,7 +139,11 @@ impl RevocationList {
 
     /// Whether the list (from `issuer`) revokes `serial` (as encoded in a certificate).
     pub fn revokes(&self, issuer: &[u8], serial: &[u8]) -> bool {
-        self.issuer == issuer && self.serials.binary_search(&trim(serial).to_vec()).is_ok()
+        self.issuer == issuer
+            && self
+                .serials
+                .binary_search(&normalize_serial(serial))
+                .is_ok()
     }
 
     /// Whether this list supersedes `other` (same issuer, higher number).
@@ -203,18 +208,4 @@ impl RevocationSet {
     pub fn is_empty(&self) -> bool {
         self.lists.is_empty()
     }
-}
-
-/// A big-endian integer without its leading zero bytes (DER adds one to keep a serial with
-/// its high bit set positive; CRL writers and certificate writers may disagree on it).
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    &bytes[start..]
-}
-
-fn hex(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "0".into();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

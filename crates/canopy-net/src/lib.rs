@@ -83,7 +83,7 @@ pub use link::{
     CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_QUEUE_FULL, CONTROL_PRIORITY,
     MAX_STREAMS_PER_LINK,
 };
-pub use reload::TrustUpdate;
+pub use reload::{LinkCertificate, TrustUpdate};
 pub use stats::NetStats;
 pub use sweep::PeerCert;
 pub use tls::{crypto_provider, Credentials};

@@ -117,6 +117,49 @@ impl NetEndpoint {
     pub fn credentials(&self) -> Credentials {
         self.shared().tls.current().creds.clone()
     }
+
+    /// The certificates each live link was established with: the peer's, and whether this
+    /// node presented the certificate in force now (false until a renewal has moved it).
+    pub fn link_certificates(&self) -> Vec<LinkCertificate> {
+        let shared = self.shared();
+        let own = shared
+            .tls
+            .current()
+            .creds
+            .chain()
+            .first()
+            .map(|leaf| crate::refresh::digest(leaf));
+        let state = shared.lock();
+        let mut links: Vec<LinkCertificate> = state
+            .links
+            .iter()
+            .flat_map(|(&peer, links)| links.iter().map(move |link| (peer, link)))
+            .filter(|(_, link)| link.is_live())
+            .filter_map(|(peer, link)| {
+                let cert = link.cert.as_ref()?;
+                Some(LinkCertificate {
+                    peer,
+                    inbound: link.inbound,
+                    peer_serial: crate::cert_info::normalize_serial(&cert.serial),
+                    presented_current: own.is_some() && link.own_cert == own,
+                })
+            })
+            .collect();
+        links.sort_by_key(|l| (l.peer, l.inbound));
+        links
+    }
+}
+
+/// One live link's certificates (see [`NetEndpoint::link_certificates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkCertificate {
+    pub peer: NodeId,
+    /// Accepted from the peer rather than dialled.
+    pub inbound: bool,
+    /// The serial of the certificate the peer presented (big-endian bytes).
+    pub peer_serial: Vec<u8>,
+    /// Whether this node presented the certificate it holds now.
+    pub presented_current: bool,
 }
 
 /// Makes `state` current and closes the links it no longer accepts.

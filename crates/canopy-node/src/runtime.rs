@@ -210,7 +210,6 @@ impl NodeHandle {
         }
     }
 
-    /// The transport's counters (refusals and closes by reason, live connections).
     /// Counts changes of the node's TLS material (reloads, revocation lists) since it started.
     pub fn tls_generation(&self) -> u64 {
         self.net.tls_generation()
@@ -222,6 +221,22 @@ impl NodeHandle {
         self.net.authority()
     }
 
+    /// The credentials in force (they change when the node reloads its files).
+    pub fn credentials(&self) -> canopy_net::Credentials {
+        self.net.credentials()
+    }
+
+    /// The revocation lists in force (DER), from the file and from the root group.
+    pub fn revocations(&self) -> Vec<Vec<u8>> {
+        self.net.revocations()
+    }
+
+    /// The certificates each live link was established with.
+    pub fn link_certificates(&self) -> Vec<canopy_net::LinkCertificate> {
+        self.net.link_certificates()
+    }
+
+    /// The transport's counters (refusals and closes by reason, live connections).
     pub fn net_stats(&self) -> canopy_net::NetStats {
         self.net.stats()
     }

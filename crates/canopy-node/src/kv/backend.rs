@@ -146,8 +146,33 @@ impl KvBackend for NodeApi {
             ),
             None => None,
         };
+        let links: Vec<serde_json::Value> = self
+            .node
+            .link_certificates()
+            .into_iter()
+            .map(|l| {
+                json!({
+                    "peer": l.peer,
+                    "inbound": l.inbound,
+                    "peer_serial": canopy_net::hex(&l.peer_serial),
+                    "presented_current": l.presented_current,
+                })
+            })
+            .collect();
+        let own_serial = self
+            .node
+            .credentials()
+            .chain()
+            .first()
+            .and_then(|leaf| canopy_net::CertificateInfo::from_der(leaf).ok())
+            .map(|info| info.serial_hex());
         let document = json!({
             "region": status.region,
+            "tls": {
+                "generation": self.node.tls_generation(),
+                "serial": own_serial,
+                "links": links,
+            },
             "address": status.address.to_string(),
             "parent": status.parent,
             "epoch": status.epoch,

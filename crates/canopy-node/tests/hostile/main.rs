@@ -11,6 +11,7 @@ mod placed;
 mod placements;
 mod raft;
 mod raft_pristine;
+mod revocation;
 mod rogue_candidate;
 mod router_interest;
 mod sessions;
