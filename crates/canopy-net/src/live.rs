@@ -41,6 +41,14 @@ pub(crate) struct TlsState {
 }
 
 impl TlsState {
+    /// SHA-256 of the certificate this node presents under this state.
+    pub(crate) fn own_digest(&self) -> Option<[u8; 32]> {
+        self.creds
+            .chain()
+            .first()
+            .map(|leaf| crate::refresh::digest(leaf))
+    }
+
     /// Builds the verifiers for `creds` and the lists (each already verified against
     /// `creds`' bundle).
     pub(crate) fn build(

@@ -88,7 +88,7 @@ impl NetEndpoint {
     pub fn refresh_links(&self) -> Vec<NodeId> {
         let shared = self.shared_arc();
         let current = shared.tls.current();
-        let Some(own) = current.creds.chain().first().map(|leaf| digest(leaf)) else {
+        let Some(own) = current.own_digest() else {
             return Vec::new();
         };
         let announce = ControlMessage::new(Body::LinkRefresh(LinkRefresh {

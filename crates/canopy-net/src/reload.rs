@@ -122,13 +122,7 @@ impl NetEndpoint {
     /// node presented the certificate in force now (false until a renewal has moved it).
     pub fn link_certificates(&self) -> Vec<LinkCertificate> {
         let shared = self.shared();
-        let own = shared
-            .tls
-            .current()
-            .creds
-            .chain()
-            .first()
-            .map(|leaf| crate::refresh::digest(leaf));
+        let own = shared.tls.current().own_digest();
         let state = shared.lock();
         let mut links: Vec<LinkCertificate> = state
             .links

@@ -75,13 +75,7 @@ impl Shared {
             info!(peer, remote = %conn.remote_address(), "peer moves its link to a renewed certificate");
             bump(&self.counters.links_moved);
         }
-        let own_cert = self
-            .tls
-            .current()
-            .creds
-            .chain()
-            .first()
-            .map(|leaf| crate::refresh::digest(leaf));
+        let own_cert = self.tls.current().own_digest();
         if let (false, Origin::Inbound { .. }, Some(links)) =
             (moving, &origin, state.links.get_mut(&peer))
         {

@@ -111,3 +111,76 @@ fn missing_certificate_file_is_named() {
     let err = run_fails(&path);
     assert!(err.contains("ca.pem"), "{err}");
 }
+
+/// Waits for a line containing `what` on `rx`; panics with what came instead.
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no {what:?} ({e}); saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_at_once_and_a_broken_certificate_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    ok(canopy().args(["certs", "init", "--dir", certs_arg, "--cluster", "lab"]));
+    issue(certs_arg, 1, "root-candidate");
+    let port = free_port();
+    let config = node_config(dir.path(), 1, port, port, "");
+    // Polling practically off: only SIGHUP reloads.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "key = \"certs/node-1.key\"\n",
+        "key = \"certs/node-1.key\"\nreload_ms = 3600000\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut node = canopy()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("CANOPY_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = node.stderr.take().unwrap();
+    let pid = node.id().to_string();
+    let _node = Running(node);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_line(&rx, "serving as root");
+    let hup = || ok(std::process::Command::new("kill").args(["-HUP", &pid]));
+    let serial = || {
+        let status = ok(canopy().args(["status", "--config", config.to_str().unwrap()]));
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status["tls"]["serial"].as_str().unwrap().to_owned()
+    };
+    let original = serial();
+
+    // A truncated certificate: the node says why and keeps serving with the old one.
+    let cert = certs.join("node-1.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    std::fs::write(&cert, &pem[..pem.len() / 2]).unwrap();
+    hup();
+    let kept = wait_line(&rx, "keeping the credentials in force");
+    assert!(kept.contains("node-1.pem"), "{kept}");
+    assert_eq!(serial(), original);
+
+    // A rotation is in force as soon as SIGHUP says so.
+    std::fs::write(&cert, &pem).unwrap();
+    ok(canopy().args(["certs", "rotate", "--dir", certs_arg, "--id", "1"]));
+    hup();
+    wait_line(&rx, "reloaded certificate");
+    let renewed = serial();
+    assert_ne!(renewed, original);
+    let listed = ok(canopy().args(["certs", "list", "--dir", certs_arg, "--json"]));
+    assert!(listed.contains(&renewed), "{listed}");
+}
