@@ -15,11 +15,13 @@ fn grant_mut(msg: &mut ControlMessage) -> Option<&mut SignedPlacement> {
     }
 }
 
-/// Signs the unsigned grant a serving root put in an `AdoptChild` or `AssignParent`.
-pub(crate) fn sign(authority: &Authority, msg: &mut ControlMessage) {
+/// Signs the unsigned grant a serving root put in an `AdoptChild` or `AssignParent`, with
+/// the authority `authority` gives (asked for only then: most messages carry no grant).
+pub(crate) fn sign(authority: impl FnOnce() -> Authority, msg: &mut ControlMessage) {
     let Some(grant) = grant_mut(msg).filter(|g| g.signature.is_empty()) else {
         return;
     };
+    let authority = authority();
     match authority.sign(&grant.placement) {
         Ok(signature) => {
             grant.signature = signature.into();
@@ -34,7 +36,7 @@ pub(crate) fn sign(authority: &Authority, msg: &mut ControlMessage) {
 /// this cluster's CA with the root-candidate role, and by the candidate the placement names.
 /// Whether the placement matches the message and is fresh is the tree's to check.
 pub(crate) fn check(
-    authority: &Authority,
+    authority: impl FnOnce() -> Authority,
     own: &Identity,
     msg: &ControlMessage,
 ) -> Result<(), String> {
@@ -47,7 +49,7 @@ pub(crate) fn check(
     let grant = grant.ok_or_else(|| refuse("no placement grant".into()))?;
     let placement = Placement::decode(grant.placement.as_ref())
         .map_err(|e| refuse(format!("undecodable placement: {e}")))?;
-    let signer = authority
+    let signer = authority()
         .verify(
             &grant.signer_certificate,
             &grant.placement,

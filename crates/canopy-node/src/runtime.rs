@@ -592,7 +592,7 @@ impl Runtime {
             self.counters.refused += 1;
             return Err(reason);
         }
-        if let Err(reason) = grants::check(&self.net.authority(), self.net.identity(), msg) {
+        if let Err(reason) = grants::check(|| self.net.authority(), self.net.identity(), msg) {
             self.counters.grants_refused += 1;
             return Err(reason);
         }
@@ -665,7 +665,7 @@ impl Runtime {
         match output {
             Output::Send { to, mut msg } => {
                 if self.node.is_serving_root() {
-                    grants::sign(&self.net.authority(), &mut msg);
+                    grants::sign(|| self.net.authority(), &mut msg);
                 }
                 self.revocations_before_send(to);
                 self.send(to, msg)

@@ -165,6 +165,20 @@ fn rotate_keeps_the_identity_with_a_new_key() {
     certs_ok(&dir, &["revoke", "--serial", &old_hex]);
     assert!(revoked(&dir, &old_serial));
     assert!(!revoked(&dir, &serial_of(&dir, 3)));
+    // inspect: by id (the current one, and the revoked earlier one), and any file.
+    let new_hex = canopy_net::hex(&serial_of(&dir, 3));
+    let shown = certs_ok(&dir, &["inspect", "--id", "3"]);
+    assert!(
+        shown.contains(&new_hex) && shown.contains("router"),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("serial {old_hex}")), "{shown}");
+    let shown = certs_ok(&dir, &["inspect", "--serial", &old_hex]);
+    assert!(shown.contains("revoked"), "{shown}");
+    let file = dir.join("node-3.pem");
+    let shown = certs_ok(&dir, &["inspect", "--file", file.to_str().unwrap()]);
+    assert!(shown.contains("canopy://lab/router/3?region=eu"), "{shown}");
+    assert!(shown.contains("node 3's certificate, valid"), "{shown}");
 }
 
 #[test]

@@ -89,8 +89,14 @@ async fn control_floods_close_the_flooders_link() {
     // The close reason usually arrives; with the rogue still sending, QUIC may answer its
     // late packets with a stateless reset instead. The root's count is what tells.
     assert!(reason.is_some(), "the root closed the flooder's link");
+    // The transport's control rate usually trips first; on a loaded machine the node's own
+    // rate bound may see the flood first. Either way a rate bound closed it.
     let stats = tree.cluster.node(root).unwrap().handle.net_stats();
-    assert_eq!(stats.closed_control_rate, 1);
+    let counters = tree.counters(root).await;
+    assert!(
+        stats.closed_control_rate + counters.rate_limited >= 1,
+        "the flood was not stopped by a rate bound: {stats:?} {counters:?}"
+    );
     rogue.shutdown().await;
     tree.assert_whole_and_delivering().await;
     tree.shutdown().await;
