@@ -146,8 +146,21 @@ impl RevocationList {
                 .is_ok()
     }
 
+    /// Whether a CA of `roots` has the list's issuer name (whether or not it signed it).
+    pub fn issuer_in(&self, roots: &[CertificateDer<'_>]) -> bool {
+        roots.iter().any(|root| {
+            x509_parser::parse_x509_certificate(root.as_ref())
+                .is_ok_and(|(_, ca)| ca.subject().as_raw() == self.issuer.as_slice())
+        })
+    }
+
+    /// The list's CRL number, big-endian without leading zero bytes.
+    pub fn number(&self) -> &[u8] {
+        &self.number
+    }
+
     /// Whether this list supersedes `other` (same issuer, higher number).
-    fn newer_than(&self, other: &RevocationList) -> bool {
+    pub fn newer_than(&self, other: &RevocationList) -> bool {
         (self.number.len(), &self.number) > (other.number.len(), &other.number)
     }
 }
@@ -185,6 +198,11 @@ impl RevocationSet {
     /// along).
     pub fn retain_verified(&mut self, roots: &[CertificateDer<'_>]) {
         self.lists.retain(|_, list| list.verify(roots).is_ok());
+    }
+
+    /// The list held from `issuer` (a DER distinguished name), if any.
+    pub fn from_issuer(&self, issuer: &[u8]) -> Option<&RevocationList> {
+        self.lists.get(issuer)
     }
 
     /// The held lists, by issuer.

@@ -494,7 +494,7 @@ impl Shared {
 
     /// Removes every link to `peer`, closes their connections, emits `LinkClosed`. Returns
     /// whether there was any.
-    fn close_peer(&self, peer: NodeId, code: VarInt, reason: &str) -> bool {
+    pub(crate) fn close_peer(&self, peer: NodeId, code: VarInt, reason: &str) -> bool {
         let removed = self.lock().links.remove(&peer);
         let Some(links) = removed else { return false };
         for conn in links.iter().filter_map(|l| l.conn.as_ref()) {

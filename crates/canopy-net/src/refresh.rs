@@ -20,9 +20,11 @@ use canopy_proto::{Body, ControlMessage};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::endpoint::{NetEndpoint, Shared};
+use crate::certs::parse_identity;
+use crate::endpoint::{Link, NetEndpoint, Shared, State};
 use crate::identity::NodeId;
 use crate::link::CLOSE_NORMAL;
+use crate::sweep::PeerCert;
 
 /// How long an announcement waits for its connection.
 const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(10);
@@ -30,6 +32,9 @@ const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(10);
 const OLD_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 /// How long the renewing side waits for the new connection before giving up on it.
 const DIAL_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the accepting side keeps the old connections after a move before it closes
+/// them itself (the renewing side normally does so after `OLD_CONNECTION_GRACE`).
+const ACCEPTOR_GRACE: Duration = Duration::from_secs(3);
 /// The close reason of a connection whose link moved to a renewed certificate.
 const MOVED: &str = "link moved to a connection with a renewed certificate";
 
@@ -78,6 +83,51 @@ impl Announcements {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+impl Shared {
+    /// The live links of `peer` that an inbound connection presenting `cert` moves away
+    /// from; empty when it is no move. A move needs a live link, an announcement of exactly
+    /// this certificate on it, a certificate none of the live links already uses (so a node
+    /// cannot multiply its sessions by announcing the one it has), and the same identity.
+    pub(crate) fn moved_from(&self, state: &State, peer: NodeId, cert: &PeerCert) -> Vec<u64> {
+        let Some(links) = state.links.get(&peer) else {
+            return Vec::new();
+        };
+        let live: Vec<&Link> = links.iter().filter(|l| l.is_live()).collect();
+        let new_digest = digest(&cert.der);
+        let new_identity = parse_identity(&cert.der).ok();
+        let acceptable = !live.is_empty()
+            && new_identity.is_some()
+            && live.iter().all(|l| {
+                l.cert.as_ref().is_some_and(|old| {
+                    digest(&old.der) != new_digest && parse_identity(&old.der).ok() == new_identity
+                })
+            });
+        if !acceptable || !self.announcements.take(peer, &cert.der) {
+            return Vec::new();
+        }
+        live.iter().map(|l| l.id).collect()
+    }
+}
+
+/// After a peer moved its link to a new connection, closes the old ones it still keeps open
+/// once the grace is over: the accepting side never depends on the peer to do it.
+pub(crate) async fn retire_after_move(shared: Arc<Shared>, peer: NodeId, old: Vec<u64>) {
+    tokio::time::sleep(ACCEPTOR_GRACE).await;
+    let state = shared.lock();
+    for link in state
+        .links
+        .get(&peer)
+        .into_iter()
+        .flatten()
+        .filter(|l| old.contains(&l.id))
+    {
+        if let Some(conn) = &link.conn {
+            debug!(peer, "{MOVED}");
+            conn.close(CLOSE_NORMAL, MOVED.as_bytes());
         }
     }
 }

@@ -35,7 +35,8 @@ impl NetEndpoint {
     /// Installs new credentials and the revocation lists of the node's own file, keeping the
     /// lists pushed through the tree. Refused, with the old material kept, when the new
     /// certificate names another identity, does not chain to the new bundle or has expired,
-    /// or a list is not signed by a CA of the new bundle.
+    /// or a list in the name of a CA of the new bundle is not signed by it. Lists of CAs the
+    /// new bundle does not hold are dropped.
     pub fn reload(
         &self,
         creds: Credentials,
@@ -55,6 +56,16 @@ impl NetEndpoint {
         creds.verify()?;
         let mut file_set = RevocationSet::default();
         for list in file_lists {
+            // A CA that left the bundle takes its list along (retiring a CA must not wait for
+            // a new revocation file); a list in a trusted CA's name that it did not sign is
+            // refused with the rest of the files.
+            if !list.issuer_in(creds.roots_der()) {
+                warn!(
+                    node = shared.identity.node_id,
+                    "ignoring a revocation list of a CA the new bundle does not trust"
+                );
+                continue;
+            }
             list.verify(creds.roots_der())?;
             file_set.merge(list);
         }

@@ -38,6 +38,8 @@ struct Registered {
     first: bool,
     /// The ends of the older inbound sessions it replaced.
     replaced: Vec<oneshot::Receiver<()>>,
+    /// The links it is moving away from (closed after a grace if the peer does not).
+    retire: Vec<u64>,
 }
 
 impl Shared {
@@ -63,19 +65,29 @@ impl Shared {
             conn.close(CLOSE_IDENTITY, ban.as_bytes());
             return None;
         }
+        // Checked under the table's lock: trust that changed during the handshake (a
+        // revocation, a CA retired) either refuses it here or finds it in the table when it
+        // re-checks the live links.
+        let tls = self.tls.current();
+        if let Err(e) = tls.check_peer(&cert.der, rustls::pki_types::UnixTime::now()) {
+            bump(&self.counters.closed_untrusted);
+            let reason = format!("peer certificate no longer accepted: {e}");
+            warn!(peer, remote = %conn.remote_address(), %reason, "refused a connection");
+            conn.close(CLOSE_IDENTITY, reason.as_bytes());
+            return None;
+        }
         // A node that announced this very certificate on its live link is moving that link
-        // to it: the new connection stands beside the old, which the node closes itself.
-        let moving = matches!(origin, Origin::Inbound { .. })
-            && state
-                .links
-                .get(&peer)
-                .is_some_and(|links| links.iter().any(Link::is_live))
-            && self.announcements.take(peer, &cert.der);
+        // to it: the new connection stands beside the old ones, which are closed after a grace.
+        let retire = match origin {
+            Origin::Inbound { .. } => self.moved_from(&state, peer, &cert),
+            Origin::Dialled { .. } => Vec::new(),
+        };
+        let moving = !retire.is_empty();
         if moving {
             info!(peer, remote = %conn.remote_address(), "peer moves its link to a renewed certificate");
             bump(&self.counters.links_moved);
         }
-        let own_cert = self.tls.current().own_digest();
+        let own_cert = tls.own_digest();
         if let (false, Origin::Inbound { .. }, Some(links)) =
             (moving, &origin, state.links.get_mut(&peer))
         {
@@ -126,6 +138,7 @@ impl Shared {
                     queues,
                     first,
                     replaced,
+                    retire,
                 })
             }
             Origin::Inbound { ended } => {
@@ -147,6 +160,7 @@ impl Shared {
                     queues,
                     first,
                     replaced,
+                    retire,
                 })
             }
         }
@@ -155,7 +169,7 @@ impl Shared {
     /// Runs an authenticated connection as a link until it ends. `slot` counts it among the
     /// established connections; `_ended` is dropped once the link's readers have stopped.
     async fn run_link(
-        &self,
+        self: &Arc<Self>,
         conn: Connection,
         peer: Identity,
         cert: PeerCert,
@@ -169,6 +183,14 @@ impl Shared {
             return;
         };
         info!(peer = node, remote = %conn.remote_address(), role = %peer.role, "link up");
+        if !registered.retire.is_empty() {
+            let retire = registered.retire.clone();
+            self.runtime.spawn(crate::refresh::retire_after_move(
+                self.clone(),
+                node,
+                retire,
+            ));
+        }
         let replaced = !registered.replaced.is_empty();
         if replaced {
             // The old session ends before the new one starts: its last messages come before
@@ -208,6 +230,8 @@ impl Shared {
                 // peer one protocol version apart and only closes the link.
                 if matches!(cause, Cause::ControlRate | Cause::Streams) {
                     self.ban(node, &reason);
+                    // Every session of the peer: one bad connection ends them all.
+                    self.close_peer(node, CLOSE_IDENTITY, &reason);
                 }
                 reason
             }

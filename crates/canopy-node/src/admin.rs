@@ -134,6 +134,7 @@ async fn commit_revocations(
     let current = group.revocations();
     let merged =
         crate::revocations::merged_for_commit(net, &current, lists).map_err(ProposeError::Other)?;
+    let changed = merged.is_some();
     let committed = match merged {
         Some(merged) => {
             group
@@ -156,6 +157,7 @@ async fn commit_revocations(
     let flooded = crate::revocations::flood(net, None);
     Ok(serde_json::json!({
         "lists": committed.len(),
+        "changed": changed,
         "sent_to": flooded,
     }))
 }
@@ -305,7 +307,9 @@ impl AdminClient {
 
     /// Commits certificate revocation lists (DER) through the root group, which pushes them
     /// down the tree. Returns the leader that committed them and its report (`lists`: how
-    /// many lists are in force, `sent_to`: the peers it sent them to).
+    /// many lists are in force, `changed`: false when every list was in force already,
+    /// `sent_to`: the peers it sent them to). A list older than the committed one of its CA
+    /// is an error.
     pub async fn revoke(
         &mut self,
         candidates: &[(NodeId, SocketAddr)],

@@ -96,6 +96,8 @@ pub(crate) struct Candidate {
     /// A leader that no quorum acknowledged for this long stops serving: the others may
     /// already have elected a new leader.
     lease: Duration,
+    /// The version of the committed revocation lists last put in force here.
+    revocations_seen: u64,
 }
 
 impl Candidate {
@@ -120,6 +122,7 @@ impl Candidate {
             reign: Reign::Idle,
             proposer: None,
             lease: election_max,
+            revocations_seen: 0,
         };
         (candidate, channels)
     }
@@ -247,8 +250,34 @@ fn encoded_len(change: &ViewChange) -> usize {
 impl Runtime {
     pub(crate) fn on_candidate_event(&mut self, event: CandidateEvent) {
         match event {
-            CandidateEvent::Check => self.check_leadership(),
+            CandidateEvent::Check => {
+                self.follow_committed_revocations();
+                self.check_leadership();
+            }
             CandidateEvent::Report(report) => self.on_report(report),
+        }
+    }
+
+    /// Puts the revocation lists the group committed in force here as soon as this candidate
+    /// applies them (a follower that restarted or missed the leader's push included).
+    fn follow_committed_revocations(&mut self) {
+        let Some(candidate) = self.candidate.as_mut() else {
+            return;
+        };
+        let version = candidate.group.revocations_version();
+        if version == candidate.revocations_seen {
+            return;
+        }
+        candidate.revocations_seen = version;
+        let wire: Vec<bytes::Bytes> = candidate
+            .group
+            .revocations()
+            .into_iter()
+            .map(bytes::Bytes::from)
+            .collect();
+        let (lists, _) = crate::revocations::parse_lists(&wire);
+        if crate::revocations::adopt(&self.net, lists, "root group") {
+            self.flood_revocations(None);
         }
     }
 

@@ -52,10 +52,19 @@ impl CredentialFiles {
                     path: path.clone(),
                     source,
                 })?;
-                RevocationList::from_pem(&text).map_err(|source| ReloadError::Crl {
+                let lists = RevocationList::from_pem(&text).map_err(|source| ReloadError::Crl {
                     path: path.clone(),
                     source,
-                })?
+                })?;
+                // `canopy certs` always writes at least one (signed, maybe empty) list: a file
+                // without any is truncated or half-copied, not "revoke nothing".
+                if lists.is_empty() {
+                    return Err(ReloadError::Crl {
+                        path: path.clone(),
+                        source: CertError::InvalidCrl("the file holds no revocation list".into()),
+                    });
+                }
+                lists
             }
         };
         Ok((creds, lists))

@@ -104,7 +104,27 @@ pub(crate) fn merged_for_commit(
     let mut changed = false;
     for list in parsed {
         list.verify(roots.roots_der()).map_err(|e| e.to_string())?;
-        changed |= set.merge(list);
+        let number = canopy_net::hex(list.number());
+        match set.from_issuer(list.issuer()) {
+            Some(held) if held.der() == list.der() => continue,
+            Some(held) if !list.newer_than(held) => {
+                // An operator pushing from an old copy of the CA directory must hear that
+                // nothing was revoked, not that it was committed.
+                return Err(format!(
+                    "list {number} is not newer than the committed list {} of the same CA: \
+                     nothing committed (sign a new list from the current registry)",
+                    canopy_net::hex(held.number())
+                ));
+            }
+            _ => {}
+        }
+        if !set.merge(list) {
+            return Err(format!(
+                "list {number} comes from a CA beyond the {} whose lists are kept",
+                canopy_net::crl::MAX_CRLS
+            ));
+        }
+        changed = true;
     }
     Ok(changed.then(|| set.ders()))
 }

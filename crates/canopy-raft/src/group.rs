@@ -370,6 +370,11 @@ impl RootGroup {
         self.inner.applied.read().revocations.clone()
     }
 
+    /// Changes whenever the committed revocation lists are applied anew (0: none yet).
+    pub fn revocations_version(&self) -> u64 {
+        self.inner.applied.read().revocations_version
+    }
+
     /// Leadership as this candidate sees it; changes on every metrics update.
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.inner.leadership.clone()

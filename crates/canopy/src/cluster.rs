@@ -153,9 +153,14 @@ pub async fn push_crl(admin: &AdminArgs, crl: &Path) -> anyhow::Result<()> {
     let result = client.revoke(&candidates, lists).await;
     client.close().await;
     let (leader, report) = result.context("pushing the revocation list failed")?;
+    let what = if report["changed"] == false {
+        "revocation already in force, nothing new committed"
+    } else {
+        "revocation committed"
+    };
     println!(
-        "revocation committed by leader {leader}: {} list(s) in force, sent to {} peer(s) of \
-         the leader; the tree passes it down",
+        "{what} (leader {leader}): {} list(s) in force, sent to {} peer(s) of the leader; \
+         the tree passes it down",
         report["lists"],
         report["sent_to"].as_array().map_or(0, Vec::len)
     );

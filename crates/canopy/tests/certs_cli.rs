@@ -357,3 +357,49 @@ fn every_mistake_is_one_line_and_a_non_zero_exit() {
         "{line}"
     );
 }
+
+/// FINDING: `canopy certs` takes no lock on the directory. Revocations run in parallel (a
+/// script revoking a batch of compromised nodes with `&`) each read cluster.toml, bump the
+/// same CRL number and rewrite crl.pem and cluster.toml: the last writer wins, the others'
+/// revocations vanish although each command printed "revoked", and several different lists
+/// carry the same CRL number (nodes keep whichever they saw first).
+#[test]
+fn concurrent_revokes_lose_no_revocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    init(&dir);
+    let ids: Vec<u64> = (10..18).collect();
+    for &id in &ids {
+        assert!(issue(&dir, id, "router", "eu", &[]).status.success());
+    }
+    let children: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut cmd = common::canopy();
+            cmd.arg("certs")
+                .arg("revoke")
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--id")
+                .arg(id.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let succeeded = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap().status.success())
+        .filter(|ok| *ok)
+        .count();
+    let missing: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|&id| !revoked(&dir, &serial_of(&dir, id)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{succeeded} of {} revokes reported success, but crl.pem does not revoke {missing:?}",
+        ids.len()
+    );
+}

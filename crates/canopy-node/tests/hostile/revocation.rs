@@ -149,3 +149,82 @@ async fn forged_lists_and_lists_from_clients_change_nothing() {
     rogue_client.shutdown().await;
     tree.shutdown().await;
 }
+
+/// FINDING: an operator pushes a list that is older than the committed one (a `canopy certs
+/// revoke` run from a restored backup of the certificate directory, or a second copy of it,
+/// whose CRL counter is behind). The leader's merge keeps the committed list, commits
+/// nothing, and answers as for a successful commit; `canopy cluster revoke` prints
+/// "revocation committed". The certificate it revokes stays trusted everywhere while the
+/// operator believes it was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_list_push_is_not_reported_as_committed() {
+    let _serial = serial().await;
+    let tree = Tree::start(1, 1, 1).await;
+    let root = tree.root().await;
+    let victim = tree.clients[0].identity.node_id;
+
+    let admin = tree.cluster.credentials(9_000, CertRole::Admin).unwrap();
+    let mut client = AdminClient::connect(admin, None).unwrap();
+    // The CA's registry has signed list 5 already (nothing revoked in it).
+    let current = list(tree.cluster.ca(), 5, &[]);
+    client
+        .revoke(&[(root, tree.address(root))], vec![current.clone()])
+        .await
+        .unwrap();
+    // A stale copy of the registry signs list 3, revoking the victim.
+    let stale = list(tree.cluster.ca(), 3, &[serial_of(&tree, victim)]);
+    let result = client
+        .revoke(&[(root, tree.address(root))], vec![stale])
+        .await;
+    client.close().await;
+    let in_force = tree.cluster.node(root).unwrap().handle.revocations();
+    tree.shutdown().await;
+    assert_eq!(in_force, vec![current], "the stale list was adopted");
+    assert!(
+        result.is_err(),
+        "a push that revoked nothing was reported as committed: {result:?}"
+    );
+}
+
+/// A candidate restarted after a revocation was committed enforces it again, from its Raft
+/// store, whether or not it becomes root (a follower puts each newly applied set in force).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_candidate_enforces_the_committed_revocations() {
+    let _serial = serial().await;
+    let mut tree = Tree::start(3, 1, 1).await;
+    let root = tree.root().await;
+    let revoked = tree.routers[0].identity.node_id;
+
+    let admin = tree.cluster.credentials(9_000, CertRole::Admin).unwrap();
+    let mut client = AdminClient::connect(admin, None).unwrap();
+    let der = list(tree.cluster.ca(), 1, &[serial_of(&tree, revoked)]);
+    client
+        .revoke(&[(root, tree.address(root))], vec![der.clone()])
+        .await
+        .unwrap();
+    client.close().await;
+    wait_until("every candidate holds the list", || {
+        tree.cluster
+            .candidates()
+            .iter()
+            .all(|c| tree.cluster.node(c.id).unwrap().handle.revocations() == vec![der.clone()])
+    })
+    .await;
+
+    // A follower restarts: it comes back from its Raft store alone (no file, no push).
+    let current_root = tree.root().await;
+    let follower = tree
+        .cluster
+        .candidates()
+        .iter()
+        .map(|c| c.id)
+        .find(|&id| id != current_root)
+        .unwrap();
+    tree.cluster.kill(follower).await;
+    tree.cluster.restart_candidate(follower).await.unwrap();
+    wait_until("the restarted candidate holds the list again", || {
+        tree.cluster.node(follower).unwrap().handle.revocations() == vec![der.clone()]
+    })
+    .await;
+    tree.shutdown().await;
+}

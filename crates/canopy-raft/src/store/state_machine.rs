@@ -36,12 +36,20 @@ pub(crate) struct SnapshotPayload {
     pub revocations: Vec<Vec<u8>>,
 }
 
+fn next_revocations_version() -> u64 {
+    static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The applied state: what the committed log up to `last_applied` amounts to.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub view: Option<TreeView>,
     /// The cluster's revocation lists as last committed (DER).
     pub revocations: Vec<Vec<u8>>,
+    /// Changes whenever `revocations` is set (never repeats within a process), so readers
+    /// can tell a new set without comparing lists.
+    pub revocations_version: u64,
     pub last_applied: Option<LogId<CandidateId>>,
     pub last_membership: StoredMembership<CandidateId, BasicNode>,
 }
@@ -148,6 +156,7 @@ impl StateMachine {
         Ok(Applied {
             view,
             revocations: payload.revocations,
+            revocations_version: next_revocations_version(),
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         })
@@ -240,7 +249,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(changes) => {
                     for change in changes {
                         match change {
-                            ViewChange::Revocations { lists } => applied.revocations = lists,
+                            ViewChange::Revocations { lists } => {
+                                applied.revocations = lists;
+                                applied.revocations_version = next_revocations_version();
+                            }
                             change => change.apply_to(&mut applied.view, &self.tree_config),
                         }
                     }

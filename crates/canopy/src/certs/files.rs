@@ -49,6 +49,51 @@ fn write_atomic(path: &Path, contents: &[u8], public: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// The lock file every `canopy certs` command that changes DIR holds while it does.
+const LOCK_FILE: &str = ".canopy-certs.lock";
+
+/// An exclusive lock on DIR, released when dropped.
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Waits for and takes DIR's lock, so that commands changing the directory run one at a time
+/// (two revocations at once would otherwise each rewrite the registry and CRL without the
+/// other's entry). Outside `init`, a DIR that is not a cluster's gets the registry's error and
+/// no lock file.
+pub fn lock_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    if !dir.join(super::registry::REGISTRY_FILE).exists() {
+        return Err(match super::registry::Registry::load(dir, None) {
+            Err(e) => e,
+            Ok(_) => super::registry::no_ca(dir),
+        });
+    }
+    lock_new_dir(dir)
+}
+
+/// [`lock_dir`] for `init`, in a directory that may not hold a cluster yet.
+pub fn lock_new_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock(2) on a descriptor this function owns and keeps open in the guard;
+        // it only blocks until no other process holds the lock.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(DirLock { _file: file })
+}
+
 /// Reads a text file, naming it in the error.
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))

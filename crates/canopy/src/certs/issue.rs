@@ -7,7 +7,7 @@ use canopy_net::{CertificateAuthority, Identity};
 use time::Duration;
 
 use super::authority::{first_info, load_current, record, Signers};
-use super::files::{ensure_gitignore, write_private, write_public};
+use super::files::{ensure_gitignore, lock_dir, lock_new_dir, write_private, write_public};
 use super::registry::{
     now, rfc3339, Issued, Registry, Role, CA_CERT, CA_KEY, CRL_FILE, REGISTRY_FILE,
 };
@@ -18,6 +18,8 @@ use super::Target;
 const BACKDATE: Duration = Duration::hours(1);
 
 pub fn init(dir: &Path, cluster: &str, force: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = lock_new_dir(dir)?;
     let present: Vec<&str> = [CA_CERT, CA_KEY, REGISTRY_FILE]
         .into_iter()
         .filter(|name| dir.join(name).exists())
@@ -35,7 +37,6 @@ pub fn init(dir: &Path, cluster: &str, force: bool) -> anyhow::Result<()> {
     let generation = Registry::load(dir, None)
         .map(|old| old.next_generation())
         .unwrap_or(1);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // The .gitignore first: the key must never sit un-ignored in a work tree.
     ensure_gitignore(dir)?;
     let ca = CertificateAuthority::generate_generation(cluster, generation)?;
@@ -66,6 +67,7 @@ pub fn issue(
     check_days(days)?;
     check_id(id)?;
     let dir = &target.dir;
+    let _lock = lock_dir(dir)?;
     let mut registry = Registry::load(dir, target.cluster.as_deref())?;
     let previous = registry
         .held(id)
@@ -120,6 +122,7 @@ pub fn issue(
 pub fn rotate(target: &Target, id: u64, days: u32) -> anyhow::Result<()> {
     check_days(days)?;
     let dir = &target.dir;
+    let _lock = lock_dir(dir)?;
     let mut registry = Registry::load(dir, target.cluster.as_deref())?;
     let Some(old) = registry.held(id).cloned() else {
         bail!(

@@ -7,7 +7,7 @@ use canopy_net::{parse_serial, CertificateAuthority, RevokedSerial};
 use time::{Duration, OffsetDateTime};
 
 use super::authority::Signers;
-use super::files::write_public;
+use super::files::{lock_dir, write_public};
 use super::registry::{
     now, rfc3339, CaRecord, CaStanding, Issued, Reason, Registry, Revocation, CRL_FILE,
     REGISTRY_FILE,
@@ -32,6 +32,7 @@ pub async fn revoke(
         admin.check()?;
     }
     let dir = &target.dir;
+    let lock = lock_dir(dir)?;
     let mut registry = Registry::load(dir, target.cluster.as_deref())?;
     let cert = find(&registry, dir, which)?.clone();
     if let Some(done) = registry.revocation(&cert) {
@@ -79,6 +80,7 @@ pub async fn revoke(
         cert.id,
         dir.join(CRL_FILE).display()
     );
+    drop(lock);
     if let Some(admin) = push {
         // The revocation is recorded whatever happens next; a failed push can be retried.
         crate::cluster::push_crl(admin, &dir.join(CRL_FILE))

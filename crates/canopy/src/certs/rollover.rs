@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use canopy_net::CertificateAuthority;
 
 use super::authority::{load_current, record, Signers};
-use super::files::{certificate_blocks, write_private, write_public};
+use super::files::{certificate_blocks, lock_dir, write_private, write_public};
 use super::registry::{
     now, Registry, CA_CERT, CA_KEY, CRL_FILE, OLD_DIR, PREVIOUS_CERT, PREVIOUS_KEY,
 };
@@ -17,6 +17,7 @@ use super::Target;
 
 pub fn rotate_ca(target: &Target) -> anyhow::Result<()> {
     let dir = &target.dir;
+    let _lock = lock_dir(dir)?;
     let mut registry = Registry::load(dir, target.cluster.as_deref())?;
     if let Some(previous) = &registry.ca.previous {
         bail!(
@@ -65,6 +66,7 @@ pub fn rotate_ca(target: &Target) -> anyhow::Result<()> {
 
 pub fn finish(target: &Target) -> anyhow::Result<()> {
     let dir = &target.dir;
+    let _lock = lock_dir(dir)?;
     let mut registry = Registry::load(dir, target.cluster.as_deref())?;
     let Some(previous) = registry.ca.previous.clone() else {
         bail!(
