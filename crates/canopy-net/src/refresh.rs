@@ -117,6 +117,11 @@ impl Shared {
 /// once the grace is over: the accepting side never depends on the peer to do it.
 pub(crate) async fn retire_after_move(shared: Arc<Shared>, peer: NodeId, old: Vec<u64>) {
     tokio::time::sleep(ACCEPTOR_GRACE).await;
+    close_moved(&shared, peer, &old);
+}
+
+/// Closes the links `old` of `peer` that are still in the table, as moved.
+fn close_moved(shared: &Shared, peer: NodeId, old: &[u64]) {
     let state = shared.lock();
     for link in state
         .links
@@ -207,17 +212,5 @@ async fn retire_when_moved(shared: Arc<Shared>, peer: NodeId, new: u64, old: Vec
         }
     }
     tokio::time::sleep(OLD_CONNECTION_GRACE).await;
-    let state = shared.lock();
-    for link in state
-        .links
-        .get(&peer)
-        .into_iter()
-        .flatten()
-        .filter(|l| old.contains(&l.id))
-    {
-        if let Some(conn) = &link.conn {
-            debug!(peer, "{MOVED}");
-            conn.close(CLOSE_NORMAL, MOVED.as_bytes());
-        }
-    }
+    close_moved(&shared, peer, &old);
 }

@@ -7,73 +7,10 @@ mod common;
 
 use std::sync::Mutex;
 
-use canopy_net::{
-    CertRole, CertificateAuthority, Credentials, NetConfig, NetEndpoint, RevocationList,
-};
+use canopy_net::{CertRole, CertificateAuthority, Credentials, NetConfig, NetEndpoint};
 use common::*;
-use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams};
-use time::{Duration, OffsetDateTime};
 
 const SERVER: u64 = 1;
-
-/// A CRL from `ca` revoking the leaves of `revoked`, numbered `number`.
-fn crl(ca: &CertificateAuthority, number: u64, revoked: &[&Credentials]) -> RevocationList {
-    let key = KeyPair::from_pem(&ca.key_pem).expect("CA key");
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).expect("issuer");
-    let now = OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + Duration::days(30),
-        crl_number: number.into(),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|creds| RevokedCertParams {
-                serial_number: serial_of(creds).into(),
-                revocation_time: now,
-                reason_code: None,
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    let list = params.signed_by(&issuer).expect("sign CRL");
-    RevocationList::from_der(list.der()).expect("parse CRL")
-}
-
-fn serial_of(creds: &Credentials) -> Vec<u8> {
-    let (_, cert) = x509_parser::parse_x509_certificate(creds.chain()[0].as_ref()).expect("leaf");
-    cert.raw_serial().to_vec()
-}
-
-/// A second CA for the same cluster, with its own distinguished name (as `rotate-ca` makes).
-fn next_ca() -> CertificateAuthority {
-    let key = KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, format!("canopy {CLUSTER} CA"));
-    dn.push(rcgen::DnType::OrganizationName, "canopy");
-    dn.push(rcgen::DnType::OrganizationalUnitName, "generation 2");
-    params.distinguished_name = dn;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("self-sign");
-    CertificateAuthority::from_pem(&cert.pem(), &key.serialize_pem()).expect("CA")
-}
-
-/// Credentials for `id` from `ca`, trusting the CAs of `bundle`.
-fn creds_in(bundle: &[&CertificateAuthority], ca: &CertificateAuthority, id: u64) -> Credentials {
-    let (from, until) = canopy_net::default_validity();
-    let issued = ca
-        .issue(&identity(id, CertRole::Router), from, until)
-        .expect("issue");
-    let bundle: String = bundle.iter().map(|ca| ca.cert_pem.clone()).collect();
-    Credentials::from_pem(&bundle, &issued.cert_pem, &issued.key_pem).expect("credentials")
-}
 
 /// The serial of the certificate `server` holds for its live link to `peer`.
 fn peer_serial(server: &NetEndpoint, peer: u64) -> Option<Vec<u8>> {

@@ -277,3 +277,58 @@ pub async fn closed_with_code(conn: &quinn::Connection, code: quinn::VarInt) -> 
         other => panic!("expected an application close, got {other}"),
     }
 }
+
+/// A CRL from `ca` revoking the leaves of `revoked`, numbered `number`.
+pub fn crl(
+    ca: &CertificateAuthority,
+    number: u64,
+    revoked: &[&Credentials],
+) -> canopy_net::RevocationList {
+    use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams};
+    let key = KeyPair::from_pem(&ca.key_pem).expect("CA key");
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).expect("issuer");
+    let now = time::OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(30),
+        crl_number: number.into(),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|creds| RevokedCertParams {
+                serial_number: serial_of(creds).into(),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let list = params.signed_by(&issuer).expect("sign CRL");
+    canopy_net::RevocationList::from_der(list.der()).expect("parse CRL")
+}
+
+/// The serial of a credential's leaf certificate, as encoded.
+pub fn serial_of(creds: &Credentials) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(creds.chain()[0].as_ref()).expect("leaf");
+    cert.raw_serial().to_vec()
+}
+
+/// A second CA for the same cluster, with its own distinguished name (as `rotate-ca` makes).
+pub fn next_ca() -> CertificateAuthority {
+    CertificateAuthority::generate_generation(CLUSTER, 2).expect("CA")
+}
+
+/// Router credentials for `id` from `ca`, trusting the CAs of `bundle`.
+pub fn creds_in(
+    bundle: &[&CertificateAuthority],
+    ca: &CertificateAuthority,
+    id: u64,
+) -> Credentials {
+    let (from, until) = canopy_net::default_validity();
+    let issued = ca
+        .issue(&identity(id, CertRole::Router), from, until)
+        .expect("issue");
+    let bundle: String = bundle.iter().map(|ca| ca.cert_pem.clone()).collect();
+    Credentials::from_pem(&bundle, &issued.cert_pem, &issued.key_pem).expect("credentials")
+}
