@@ -281,6 +281,24 @@ impl Lab {
         }
     }
 
+    /// Each node's TLS generation now (it rises with every reload or new list).
+    pub fn generations(&self, ids: &[u64]) -> BTreeMap<u64, u64> {
+        self.wait_statuses(ids, "every node answering", |_| true)
+            .into_iter()
+            .map(|(id, s)| (id, s["tls"]["generation"].as_u64().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits until every node of `before` has changed its trust since, and returns when.
+    pub fn wait_trust_changed(&self, before: &BTreeMap<u64, u64>, what: &str) -> Instant {
+        let ids: Vec<u64> = before.keys().copied().collect();
+        self.wait_statuses(&ids, what, |s| {
+            s.iter()
+                .all(|(id, status)| status["tls"]["generation"].as_u64() > Some(before[id]))
+        });
+        Instant::now()
+    }
+
     /// Lines of node `id`'s log read at or after `since` that contain every one of `parts`.
     pub fn lines(&self, id: u64, since: Instant, parts: &[&str]) -> Vec<(Instant, String)> {
         let Some((_, log)) = self.processes.get(&id) else {

@@ -133,6 +133,8 @@ fn a_revoked_router_is_cut_off_within_a_heartbeat_and_refused() {
         .collect();
     assert!(!children.is_empty(), "router {router} has no client child");
 
+    let others: Vec<u64> = nodes().filter(|&id| id != router).collect();
+    let generations = lab.generations(&others);
     let revoking = Instant::now();
     let out = lab.revoke_and_push(router);
     let committed = Instant::now();
@@ -164,6 +166,8 @@ fn a_revoked_router_is_cut_off_within_a_heartbeat_and_refused() {
     );
 
     // Its children attach elsewhere; it stays out, refused at every attempt.
+    // From when every node holds the list on, the router may never link again.
+    let settled = lab.wait_trust_changed(&generations, "the list in force everywhere");
     lab.wait_statuses(&children, "the router's children reattached", |s| {
         s.values()
             .all(|status| status["parent"].as_u64().is_some_and(|p| p != router))
@@ -174,7 +178,7 @@ fn a_revoked_router_is_cut_off_within_a_heartbeat_and_refused() {
         links(&router_now).is_empty(),
         "the revoked router has links: {router_now}"
     );
-    let back = lab.all_lines(committed, &["link up", &format!("peer={router} ")]);
+    let back = lab.all_lines(settled, &["link up", &format!("peer={router} ")]);
     assert!(back.is_empty(), "the revoked router came back: {back:#?}");
     // TLS 1.3: the dialler finishes its side first, then the acceptor's verdict arrives.
     let refused = lab.lines(router, committed, &["invalid peer certificate: Revoked"]);
@@ -228,6 +232,7 @@ fn ca_rollover_keeps_the_tree_serving_and_refuses_a_node_left_on_the_old_ca() {
         .collect();
     assert!(breaks.is_empty(), "the tree broke: {breaks:#?}");
     // The registry believes every node rotated; the straggler never loaded its new files.
+    let generations = lab.generations(&others);
     let finishing = Instant::now();
     lab.certs(&["finish-ca-rotation"]);
     lab.deploy_crl();
@@ -243,9 +248,11 @@ fn ca_rollover_keeps_the_tree_serving_and_refuses_a_node_left_on_the_old_ca() {
         &["no longer accepted", &format!("peer={straggler}")],
     );
     assert!(!cut.is_empty(), "nobody closed the straggler's link");
+    // From when every other node has loaded the one-CA bundle on, it may never link again.
+    let settled = lab.wait_trust_changed(&generations, "the one-CA bundle everywhere");
     std::thread::sleep(Duration::from_millis(lab.heartbeat_ms * 10));
     assert!(links(&lab.status(straggler).unwrap()).is_empty());
-    let back = lab.all_lines(finishing, &["link up", &format!("peer={straggler} ")]);
+    let back = lab.all_lines(settled, &["link up", &format!("peer={straggler} ")]);
     assert!(back.is_empty(), "the straggler came back: {back:#?}");
     let untrusted: Vec<(u64, String)> = lab
         .all_lines(finishing, &["no longer accepted"])
