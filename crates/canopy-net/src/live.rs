@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -113,6 +114,9 @@ pub(crate) struct LiveTls {
     /// Held across read-modify-replace, so concurrent reloads and pushes do not lose one
     /// another's changes.
     pub(crate) update: Mutex<()>,
+    /// The provider's handshake signature algorithms: checking a handshake signature does not
+    /// depend on the trust in force, only on these.
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl std::fmt::Debug for LiveTls {
@@ -126,6 +130,7 @@ impl LiveTls {
         Arc::new(LiveTls {
             state: RwLock::new(Arc::new(state)),
             update: Mutex::new(()),
+            algorithms: crypto_provider().signature_verification_algorithms,
         })
     }
 
@@ -234,10 +239,7 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current()
-            .client_verifier
-            .verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.0.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -246,14 +248,11 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current()
-            .client_verifier
-            .verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.0.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().client_verifier.supported_verify_schemes()
+        self.0.algorithms.supported_schemes()
     }
 }
 
@@ -285,10 +284,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current()
-            .server_verifier
-            .verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.0.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -297,13 +293,10 @@ impl ServerCertVerifier for LiveServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current()
-            .server_verifier
-            .verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.0.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().server_verifier.supported_verify_schemes()
+        self.0.algorithms.supported_schemes()
     }
 }
