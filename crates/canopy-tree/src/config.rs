@@ -94,6 +94,59 @@ impl Default for TreeConfig {
     }
 }
 
+/// How a replicated root candidate times its leadership, derived from the root group's Raft
+/// timers (see `canopy_raft::RaftTimers::reign`).
+///
+/// Safety rests on one inequality: a follower refuses to vote for anyone else until it has
+/// heard nothing from the leader for `election_after`, so a leader that stops acting as root
+/// `lease` after the last heartbeat a quorum acknowledged (`lease < election_after`) has
+/// stopped before any other candidate can have been elected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReignConfig {
+    /// A leader acts as root only while a quorum acknowledged it within this long.
+    pub lease: Duration,
+    /// A follower that has heard nothing from a leader for this long asks for an election:
+    /// the followers' vote lease, so no earlier election could win.
+    pub election_after: Duration,
+    /// Gap between the election attempts of candidates of consecutive rank: longer than a
+    /// vote round trip, so the first candidate's election completes before the next tries.
+    pub election_stagger: Duration,
+    /// A takeover or proposal not committed within this long ends the reign.
+    pub commit_timeout: Duration,
+}
+
+impl ReignConfig {
+    /// Checks `0 < lease < election_after` and non-zero gaps.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("lease", self.lease),
+            ("election_after", self.election_after),
+            ("election_stagger", self.election_stagger),
+            ("commit_timeout", self.commit_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroTimer(name));
+            }
+        }
+        if self.lease >= self.election_after {
+            return Err(ConfigError::LeaseTooLong);
+        }
+        Ok(())
+    }
+}
+
+impl Default for ReignConfig {
+    /// openraft's default timers (heartbeat 50 ms, election 150..300 ms).
+    fn default() -> Self {
+        ReignConfig {
+            lease: Duration::from_millis(200),
+            election_after: Duration::from_millis(300),
+            election_stagger: Duration::from_millis(50),
+            commit_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
 /// A setting that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -106,6 +159,9 @@ pub enum ConfigError {
     /// A shape limit is zero.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// A leader's lease is not shorter than the followers' vote lease.
+    #[error("the leader lease must be shorter than election_after")]
+    LeaseTooLong,
     /// The filter false-positive rate is outside (0, 0.5].
     #[error("filter_fp_rate must be in (0, 0.5]")]
     BadFpRate,

@@ -25,13 +25,23 @@ pub enum Input {
     Leave,
     /// The transport lost its connection to a peer (the node treats the link as dead).
     LinkClosed { peer: NodeId },
-    /// A replicated root candidate now leads: serve as root with this committed view (its
-    /// `NewRoot` change already applied).
-    BecomeRoot { view: Box<TreeView> },
-    /// A replicated root candidate no longer leads (`leader` if known): stop acting as root.
-    StepDown { leader: Option<NodeId> },
-    /// Every proposal up to and including sequence number `up_to` is committed.
-    Committed { up_to: u64 },
+    /// News from the root group (a replicated candidate only): `leader` leads in `term`.
+    /// `contact` is when this candidate last had proof of it: as the leader, when it sent the
+    /// last heartbeat a quorum acknowledged; as a follower, when it last accepted the
+    /// leader's entries or granted a vote (`None`: never). The node decides from this alone
+    /// whether to take over, step down or ask for an election.
+    Leadership {
+        term: u64,
+        leader: Option<NodeId>,
+        contact: Option<Time>,
+    },
+    /// The takeover this node asked for with [`Output::TakeOver`] committed: serve as root
+    /// of `reign` with this view (its `NewRoot` applied).
+    BecomeRoot { reign: u64, view: Box<TreeView> },
+    /// Every proposal of `reign` up to and including sequence number `up_to` is committed.
+    Committed { reign: u64, up_to: u64 },
+    /// A proposal (or the takeover) of `reign` could not commit.
+    CommitFailed { reign: u64 },
 }
 
 /// Something the driver must do for the node.
@@ -47,10 +57,21 @@ pub enum Output {
     Deliver(Multicast),
     /// A state change worth logging or counting.
     Event(TreeEvent),
+    /// A replicated candidate begins reign `reign`: the driver commits `change` (a
+    /// `NewRoot` naming this node) through Raft and answers with [`Input::BecomeRoot`] and
+    /// the committed view, or [`Input::CommitFailed`].
+    TakeOver { reign: u64, change: ViewChange },
     /// A replicated root must commit this change (through Raft) and then answer with
     /// [`Input::Committed`]; the actions that depend on it are held until then. Sequence
-    /// numbers rise by one per proposal and must be committed in order.
-    Propose { seq: u64, change: ViewChange },
+    /// numbers rise by one per proposal within a reign and must be committed in order.
+    Propose {
+        reign: u64,
+        seq: u64,
+        change: ViewChange,
+    },
+    /// The leader has been silent for longer than any follower's vote lease: the driver asks
+    /// the root group for an election now (in `term`, as this node last heard of it).
+    Elect { term: u64 },
     /// The peer went over a bound (see [`crate::TreeLimits`]): the node has already forgotten
     /// it and told it why; the driver closes the link and counts the reason.
     CloseLink { peer: NodeId, reason: String },
@@ -71,6 +92,18 @@ pub enum RemovalReason {
     Reassigned,
     /// It went over a bound (see [`crate::TreeLimits`]); its link is closed.
     OverLimit,
+}
+
+/// Why a replicated root stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDownReason {
+    /// The root group names another leader (or none).
+    NotLeader,
+    /// No quorum acknowledged this leader within the lease (it may have been paused, or cut
+    /// off): another candidate may already lead.
+    LeaseExpired,
+    /// A proposal or the takeover did not commit in time, or failed.
+    CommitFailed,
 }
 
 /// Why a message was ignored.
@@ -128,10 +161,14 @@ pub enum TreeEvent {
     Culled { count: u64 },
     /// A publish could not go up because the node has no parent right now.
     PublishedWhileDetached,
-    /// This candidate started serving as root, at this topology epoch.
-    BecameRoot { epoch: u64 },
+    /// This candidate started serving as root, at this topology epoch; `reassigned` children
+    /// of the old root were placed under it at once.
+    BecameRoot { epoch: u64, reassigned: usize },
     /// This candidate stopped serving as root; its children rejoin through the leader.
-    SteppedDown { leader: Option<NodeId> },
+    SteppedDown {
+        leader: Option<NodeId>,
+        reason: StepDownReason,
+    },
     /// Held root actions were released after their changes committed.
     ActionsReleased { count: usize },
 }

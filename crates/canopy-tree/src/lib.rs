@@ -19,9 +19,9 @@ mod shape;
 mod view;
 
 pub use canopy_proto as proto;
-pub use config::{ConfigError, TreeConfig, TreeLimits};
+pub use config::{ConfigError, ReignConfig, TreeConfig, TreeLimits};
 pub use interest::{FilterKey, InterestFilter, InterestTable};
-pub use io::{DropReason, Input, Output, RemovalReason, TreeEvent};
+pub use io::{DropReason, Input, Output, RemovalReason, StepDownReason, TreeEvent};
 pub use node::{placement_grant, placement_grant_at_epoch, ChildInfo, Node, RootCandidate};
 pub use shape::{check_structure, NodeSummary, TreeShape};
 pub use view::{TreeView, ViewChange, ViewEntry, ViewRecord, ViewSnapshot};

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use canopy_tree::proto::v1::{disconnect::Reason, JoinRequest, NotLeader};
 use canopy_tree::proto::Body;
 use canopy_tree::{
-    DropReason, Input, KeyTag, Node, NodeId, Output, Role, TreeEvent, TreeView, ViewChange,
+    DropReason, Input, KeyTag, Node, NodeId, Output, ReignConfig, Role, StepDownReason, TreeEvent,
+    TreeView, ViewChange,
 };
 use common::*;
 
@@ -50,6 +51,20 @@ fn assign_of(change: &ViewChange) -> (NodeId, NodeId, u64) {
     }
 }
 
+/// Tells candidate `id` that `leader` leads, in a term after every term so far.
+fn news(net: &mut Net, id: NodeId, leader: Option<NodeId>) -> Vec<Output> {
+    net.term += 1;
+    let contact = Some(net.now);
+    net.input(
+        id,
+        Input::Leadership {
+            term: net.term,
+            leader,
+            contact,
+        },
+    )
+}
+
 fn released(out: &[Output]) -> Option<usize> {
     events(out).iter().find_map(|e| match e {
         TreeEvent::ActionsReleased { count } => Some(*count),
@@ -79,7 +94,10 @@ fn a_replicated_candidate_starts_as_a_follower() {
 fn become_root_serves_with_the_given_view() {
     let mut net = Net::replicated(config(), &CANDIDATES, false);
     let out = net.elect(1);
-    assert!(events(&out).contains(&TreeEvent::BecameRoot { epoch: 1 }));
+    assert!(events(&out).contains(&TreeEvent::BecameRoot {
+        epoch: 1,
+        reassigned: 0
+    }));
     let leader = net.node(1);
     assert!(leader.is_serving_root());
     assert_eq!(leader.known_leader(), Some(1));
@@ -126,9 +144,38 @@ fn become_root_is_refused_unless_replicated_and_the_view_is_its_own() {
         candidates(&CANDIDATES),
         2,
     )
-    .replicated();
+    .replicated(ReignConfig::default());
     candidate.handle(Input::Start, ms(0));
-    let out = candidate.handle(Input::BecomeRoot { view: view_of(1) }, ms(1));
+    let leads = Input::Leadership {
+        term: 1,
+        leader: Some(2),
+        contact: Some(ms(1)),
+    };
+    let out = candidate.handle(leads, ms(1));
+    let reign = out
+        .iter()
+        .find_map(|o| match o {
+            Output::TakeOver { reign, .. } => Some(*reign),
+            _ => None,
+        })
+        .expect("a leader within its lease takes over");
+    let out = candidate.handle(
+        Input::BecomeRoot {
+            reign,
+            view: view_of(1),
+        },
+        ms(1),
+    );
+    assert!(refused(&out), "{out:?}");
+    assert!(!candidate.is_serving_root());
+    // Its own view, but for a reign it never began.
+    let out = candidate.handle(
+        Input::BecomeRoot {
+            reign: reign + 1,
+            view: view_of(2),
+        },
+        ms(1),
+    );
     assert!(refused(&out), "{out:?}");
     assert!(!candidate.is_serving_root());
 
@@ -142,9 +189,15 @@ fn become_root_is_refused_unless_replicated_and_the_view_is_its_own() {
         candidates(&CANDIDATES),
         2,
     )
-    .replicated();
+    .replicated(ReignConfig::default());
     router.handle(Input::Start, ms(0));
-    let out = router.handle(Input::BecomeRoot { view: view_of(2) }, ms(1));
+    let out = router.handle(
+        Input::BecomeRoot {
+            reign: 1,
+            view: view_of(2),
+        },
+        ms(1),
+    );
     assert!(refused(&out), "{out:?}");
     assert!(!router.is_serving_root());
 
@@ -163,7 +216,13 @@ fn become_root_is_refused_unless_replicated_and_the_view_is_its_own() {
         standalone.is_serving_root(),
         "a standalone root serves at once"
     );
-    let out = standalone.handle(Input::BecomeRoot { view: view_of(2) }, ms(1));
+    let out = standalone.handle(
+        Input::BecomeRoot {
+            reign: 1,
+            view: view_of(2),
+        },
+        ms(1),
+    );
     assert!(refused(&out), "{out:?}");
 
     // Before Start, nothing at all happens.
@@ -176,8 +235,14 @@ fn become_root_is_refused_unless_replicated_and_the_view_is_its_own() {
         candidates(&CANDIDATES),
         2,
     )
-    .replicated();
-    let out = idle.handle(Input::BecomeRoot { view: view_of(2) }, ms(1));
+    .replicated(ReignConfig::default());
+    let out = idle.handle(
+        Input::BecomeRoot {
+            reign: 1,
+            view: view_of(2),
+        },
+        ms(1),
+    );
     assert!(out.is_empty(), "{out:?}");
     assert!(!idle.is_serving_root());
 }
@@ -243,7 +308,13 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
     assert!(net.queue.is_empty());
 
     // Committing the first releases exactly the first.
-    let out = net.input(1, Input::Committed { up_to: 1 });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: 1,
+        },
+    );
     let assigns = sent(&out, assign_parent);
     assert_eq!(sends(&out).len(), 1, "{out:?}");
     assert_eq!(assigns.len(), 1);
@@ -257,13 +328,25 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
 
     // The same commit again, or an older one, releases nothing.
     for up_to in [1, 0] {
-        let out = net.input(1, Input::Committed { up_to });
+        let out = net.input(
+            1,
+            Input::Committed {
+                reign: net.node(1).reign(),
+                up_to,
+            },
+        );
         assert!(sends(&out).is_empty(), "Committed {up_to}: {out:?}");
         assert_eq!(released(&out), None);
         assert_eq!(net.node(1).held_actions(), 1);
     }
 
-    let out = net.input(1, Input::Committed { up_to: 2 });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: 2,
+        },
+    );
     let assigns = sent(&out, assign_parent);
     assert_eq!(sends(&out).len(), 1, "{out:?}");
     assert_eq!(assigns[0].0, 11);
@@ -297,10 +380,22 @@ fn an_adopt_child_waits_for_the_commit_too() {
     assert!(sends(&out).is_empty(), "no AdoptChild before the commit");
     assert_eq!(net.node(1).held_actions(), 1);
 
-    let out = net.input(1, Input::Committed { up_to: 2 });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: 2,
+        },
+    );
     assert!(sends(&out).is_empty(), "an older commit releases nothing");
 
-    let out = net.input(1, Input::Committed { up_to: seq });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: seq,
+        },
+    );
     let adopts = sent(&out, adopt_child);
     assert_eq!(sends(&out).len(), 1, "{out:?}");
     assert_eq!(adopts[0].0, parent);
@@ -318,7 +413,13 @@ fn a_commit_beyond_the_last_proposal_does_not_cover_the_next_one() {
     net.start(10, Role::Router);
     net.deliver_one();
     // The driver reports more than was proposed (say, entries of an earlier term).
-    let out = net.input(1, Input::Committed { up_to: 99 });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: 99,
+        },
+    );
     assert_eq!(sent(&out, assign_parent).len(), 1);
     net.run();
 
@@ -367,7 +468,13 @@ fn culling_the_roots_own_clients_waits_for_the_removal_to_commit() {
     );
     assert_eq!(net.node(1).held_actions(), 1);
 
-    let out = net.input(1, Input::Committed { up_to: seq });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: seq,
+        },
+    );
     let disconnects = sent(&out, disconnect);
     assert_eq!(disconnects.len(), 1, "{out:?}");
     assert_eq!(disconnects[0].0, 100);
@@ -391,8 +498,11 @@ fn step_down_drops_held_actions_and_sends_the_children_to_rejoin() {
     let (_, parent, _) = assign_of(&change);
     assert_eq!(net.node(1).held_actions(), 1);
 
-    let out = net.input(1, Input::StepDown { leader: Some(2) });
-    assert!(events(&out).contains(&TreeEvent::SteppedDown { leader: Some(2) }));
+    let out = news(&mut net, 1, Some(2));
+    assert!(events(&out).contains(&TreeEvent::SteppedDown {
+        leader: Some(2),
+        reason: StepDownReason::NotLeader
+    }));
     let mut told: Vec<NodeId> = sent(&out, disconnect)
         .into_iter()
         .map(|(to, d)| {
@@ -411,7 +521,13 @@ fn step_down_drops_held_actions_and_sends_the_children_to_rejoin() {
     assert_eq!(old.known_leader(), Some(2));
 
     // The commit of the dropped decision arrives late: still nothing.
-    let out = net.input(1, Input::Committed { up_to: seq });
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: seq,
+        },
+    );
     assert!(sends(&out).is_empty(), "{out:?}");
     assert_eq!(released(&out), None);
     net.run();
@@ -425,7 +541,7 @@ fn step_down_drops_held_actions_and_sends_the_children_to_rejoin() {
         "the dropped placement of 12 was never carried out"
     );
     // A second step-down is quiet.
-    let out = net.input(1, Input::StepDown { leader: Some(3) });
+    let out = news(&mut net, 1, Some(3));
     assert!(out
         .iter()
         .all(|o| !matches!(o, Output::Send { .. } | Output::Event(_))));
@@ -460,7 +576,7 @@ fn a_follower_redirects_joiners_to_the_leader_it_knows() {
         }
     );
 
-    let out = net.input(2, Input::StepDown { leader: Some(3) });
+    let out = news(&mut net, 2, Some(3));
     assert!(
         sends(&out).is_empty() && events(&out).is_empty(),
         "a follower has nothing to give up"
@@ -474,11 +590,11 @@ fn a_follower_redirects_joiners_to_the_leader_it_knows() {
     );
 
     // Leadership unknown again (an election is under way).
-    net.input(2, Input::StepDown { leader: None });
+    news(&mut net, 2, None);
     assert_eq!(redirect(&mut net, 0).leader_hint, 0);
 
     // A leader the candidate list does not hold is not passed on.
-    net.input(2, Input::StepDown { leader: Some(77) });
+    news(&mut net, 2, Some(77));
     assert_eq!(redirect(&mut net, 0).leader_hint, 0);
 }
 
@@ -583,6 +699,7 @@ fn a_redirected_retry_is_still_a_retry() {
     net.queue.clear();
     // The first request went unanswered: the retry goes to the next candidate, 2.
     net.now = config().join_timeout.mul_f64(1.5);
+    net.news(1);
     net.input(10, Input::Tick);
     let (to_2, out) = net.deliver_one().expect("retry");
     assert_eq!(
@@ -603,7 +720,13 @@ fn a_redirected_retry_is_still_a_retry() {
     assert_eq!(joins.len(), 1);
     assert_eq!((joins[0].0, joins[0].1.attempt), (1, 1));
     net.run();
-    assert_eq!(net.parent(10), Some(1));
+    assert_eq!(
+        net.parent(10),
+        Some(1),
+        "{:?}\n{:?}",
+        net.events_of(10),
+        net.events_of(1)
+    );
 }
 
 #[test]
@@ -611,8 +734,8 @@ fn two_candidates_pointing_at_each_other_do_not_bounce_a_joiner_forever() {
     // 2 is about to serve (its NewRoot is not committed yet) and still names the old leader,
     // 1, which already names 2.
     let mut net = Net::replicated(config(), &CANDIDATES, true);
-    net.input(1, Input::StepDown { leader: Some(2) });
-    net.input(2, Input::StepDown { leader: Some(1) });
+    news(&mut net, 1, Some(2));
+    news(&mut net, 2, Some(1));
     net.start(10, Role::Router);
     net.run();
     let asked: Vec<NodeId> = net
@@ -767,18 +890,33 @@ fn after_the_leader_crashes_the_new_leader_takes_its_subtrees_as_they_are() {
     let mark = net.proposals.len();
     let took_office = net.now;
     let out = net.elect(2);
-    assert!(events(&out).contains(&TreeEvent::BecameRoot { epoch: 2 }));
+    assert!(events(&out).contains(&TreeEvent::BecameRoot {
+        epoch: 2,
+        reassigned: 2
+    }));
     let view = net.node(2).view().expect("2 serves");
-    assert_eq!(view.to_snapshot(), expected.to_snapshot());
+    for entry in expected.to_snapshot().records {
+        let now = view.get(entry.id).expect("every node stays in the view");
+        assert_eq!(now.parent, entry.parent, "node {}", entry.id);
+        if entry.parent != Some(2) {
+            assert_eq!(now.assignment_id, entry.assignment_id, "node {}", entry.id);
+        }
+    }
     assert_eq!(view.epoch, old_view.epoch + 1);
-    assert_eq!(view.max_assignment(), old_view.max_assignment());
+    assert_eq!(view.max_assignment(), old_view.max_assignment() + 2);
     assert_eq!(
         view.get(2).map(|e| e.children().collect()),
         Some(vec![10, 11])
     );
     assert_eq!(net.node(3).known_leader(), Some(2));
 
-    // The orphans find 2 (after trying dead 1) well within the grace period.
+    // The new root places the old root's children under itself at once: no time passes,
+    // nobody waits for a parent timeout or asks dead 1 first.
+    net.run();
+    assert_eq!(net.now, took_office);
+    assert_eq!(net.parent(10), Some(2));
+    assert_eq!(net.parent(11), Some(2));
+    assert!(net.node(2).children().all(|c| c.attached));
     net.advance(ms(1500));
     let after = parents(&net);
     for (&id, &parent) in &before {
@@ -856,10 +994,12 @@ fn a_graceful_handover_moves_only_the_top_routers_without_waiting() {
     let before = parents(&net);
 
     // 2 wins; 1 learns of it and steps down. No time passes.
+    let events_mark = net.events.len();
     net.elect(2);
-    assert!(net
-        .events_of(1)
-        .contains(&TreeEvent::SteppedDown { leader: Some(2) }));
+    assert!(net.events_of(1).contains(&TreeEvent::SteppedDown {
+        leader: Some(2),
+        reason: StepDownReason::NotLeader
+    }));
     net.run();
 
     let after = parents(&net);
@@ -867,15 +1007,11 @@ fn a_graceful_handover_moves_only_the_top_routers_without_waiting() {
         let expected = if parent == Some(1) { Some(2) } else { parent };
         assert_eq!(after[&id], expected, "node {id}");
     }
-    for router in [10, 11] {
-        assert!(
-            net.events_of(router).contains(&TreeEvent::JoinSent {
-                root: 2,
-                attempt: 0
-            }),
-            "router {router} was redirected by 1 to 2"
-        );
-    }
+    let asked: Vec<&(NodeId, TreeEvent)> = net.events[events_mark..]
+        .iter()
+        .filter(|(_, e)| matches!(e, TreeEvent::JoinSent { .. }))
+        .collect();
+    assert!(asked.is_empty(), "2 placed the routers itself: {asked:?}");
     assert!(!net.node(1).is_serving_root());
     assert_view_matches_the_tree(&net, 2);
     for id in tree_nodes(&net) {
@@ -891,7 +1027,7 @@ fn a_graceful_handover_moves_only_the_top_routers_without_waiting() {
 }
 
 #[test]
-fn old_root_children_that_never_return_are_removed_after_the_grace() {
+fn an_old_root_child_that_never_answers_its_new_assignment_is_removed_after_the_child_timeout() {
     let mut net = tree_under_candidate_1();
     // 1 dies and takes router 11 with it.
     net.crash(1);
@@ -915,33 +1051,40 @@ fn old_root_children_that_never_return_are_removed_after_the_grace() {
             .collect()
     };
 
-    // Within the grace: 10 is back, 11 is still expected.
-    net.advance(grace - ms(50));
+    // 10 answers its new assignment at once; 11 is dead and its link to 2 stays silent.
+    net.run();
     assert_eq!(net.parent(10), Some(2));
     assert!(removes(&net).is_empty(), "{:?}", removes(&net));
-    let view = net.node(2).view().expect("serving");
-    assert_eq!(view.get(11).and_then(|e| e.parent), Some(2));
-    // Its children did not wait: they rejoined elsewhere (never under 11).
-    for &id in &orphaned {
-        let parent = net.parent(id).expect("reattached");
-        assert_ne!(parent, 11);
-        assert_eq!(view.get(id).and_then(|e| e.parent), Some(parent));
-    }
 
-    // The first rebalance after the grace removes 11, and not 10.
-    net.advance(net.config.rebalance_interval + ms(100));
+    // A silent child is dropped after the child timeout, like any other: long before the
+    // orphan grace, and 10 stays.
+    let timeout = net.config.child_timeout;
+    net.advance(timeout + net.config.heartbeat_interval * 2);
     let removed = removes(&net);
     assert_eq!(removed.len(), 1, "{removed:?}");
     match removed[0] {
         ViewChange::Remove { node, at } => {
             assert_eq!(node, 11);
-            assert!(at > took_office + grace, "removed at {at:?}");
+            assert!(at > took_office + timeout, "removed at {at:?}");
+            assert!(at < took_office + grace, "removed at {at:?}");
         }
         _ => unreachable!(),
     }
+    // 11's children did not wait for it: they rejoined elsewhere (never under 11).
+    net.advance(grace);
+    let view = net.node(2).view().expect("serving");
+    for &id in &orphaned {
+        let parent = net.parent(id).expect("reattached");
+        assert_ne!(parent, 11);
+        assert_eq!(view.get(id).and_then(|e| e.parent), Some(parent));
+    }
     let view = net.node(2).view().expect("serving");
     assert!(view.get(11).is_none());
-    assert_eq!(view.get(2).map(|e| e.children().collect()), Some(vec![10]));
+    let top: Vec<NodeId> = view
+        .get(2)
+        .map(|e| e.children().collect())
+        .unwrap_or_default();
+    assert!(top.contains(&10) && !top.contains(&11), "{top:?}");
     assert_view_matches_the_tree(&net, 2);
     assert_eq!(
         net.replayed_view().map(|v| v.to_snapshot()),

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::interest::{FilterKey, InterestTable};
 use crate::io::{DropReason, Input, Output, TreeEvent};
-use crate::{node_tag, KeyTag, NodeId, Role, Time, TreeConfig, TreeView};
+use crate::{node_tag, KeyTag, NodeId, ReignConfig, Role, Time, TreeConfig, TreeView};
 
 use children::ChildLink;
 use root::RootState;
@@ -94,9 +94,9 @@ pub struct Node {
     key_seqs: HashMap<KeyTag, u64, std::collections::hash_map::RandomState>,
     /// Present while this node serves as root.
     root: Option<Box<RootState>>,
-    /// A root candidate whose decisions go through Raft: it serves as root only between
-    /// `Input::BecomeRoot` and `Input::StepDown`.
-    replicated: bool,
+    /// Present on a root candidate whose decisions go through Raft: it serves as root only
+    /// within a reign (see `leadership`).
+    reign: Option<Box<leadership::ReignState>>,
     /// The leader a replicated candidate last heard of (for redirecting joiners).
     known_leader: Option<NodeId>,
     /// Hashes peers' tags before they enter this node's filters.
@@ -144,7 +144,7 @@ impl Node {
             origin_seq: 0,
             key_seqs: HashMap::default(),
             root: None,
-            replicated: false,
+            reign: None,
             known_leader: None,
             filter_key: FilterKey::from_seed(seed),
             upward: budget::TagBudget::full(
@@ -160,12 +160,12 @@ impl Node {
     }
 
     /// Makes a root candidate replicated: it starts as a follower, serves as root only while
-    /// its driver says it leads, and proposes every structural decision for commit before
-    /// acting on it. Without this a root serves alone from the start and commits at once
-    /// (the simulator's single root).
+    /// the root group's news (`Input::Leadership`) shows it leads within its lease, and
+    /// proposes every structural decision for commit before acting on it. Without this a root
+    /// serves alone from the start and commits at once (a single, unreplicated root).
     #[must_use]
-    pub fn replicated(mut self) -> Node {
-        self.replicated = true;
+    pub fn replicated(mut self, reign: ReignConfig) -> Node {
+        self.reign = Some(Box::new(leadership::ReignState::new(reign)));
         self
     }
 
@@ -180,6 +180,11 @@ impl Node {
     pub fn handle_into(&mut self, input: Input, now: Time, out: &mut Vec<Output>) {
         if self.left {
             return;
+        }
+        // Before anything else: a root whose lease ran out (a paused leader waking up) must
+        // not act on what it is handed. (News from the group is itself the lease's evidence.)
+        if self.started && !matches!(input, Input::Leadership { .. }) {
+            self.check_lease(now, out);
         }
         match input {
             Input::Start => self.start(now, out),
@@ -203,9 +208,18 @@ impl Node {
                 return;
             }
             Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
-            Input::BecomeRoot { view } => self.become_root(*view, now, out),
-            Input::StepDown { leader } => self.step_down(leader, out),
-            Input::Committed { up_to } => self.on_committed(up_to, now, out),
+            Input::Leadership {
+                term,
+                leader,
+                contact,
+            } => self.on_leadership(term, leader, contact, now, out),
+            Input::BecomeRoot { reign, view } => self.become_root(reign, *view, now, out),
+            Input::Committed { reign, up_to } => {
+                if self.is_current_reign(reign) {
+                    self.on_committed(up_to, now, out);
+                }
+            }
+            Input::CommitFailed { reign } => self.on_commit_failed(reign, out),
         }
         self.request_wake(out);
     }
@@ -220,10 +234,12 @@ impl Node {
         let interval = self.config.heartbeat_interval;
         self.next_heartbeat = now + interval.mul_f64(self.rng.random::<f64>());
         if self.role == Role::Root {
-            if !self.replicated {
+            if self.reign.is_none() {
                 let view = TreeView::new(self.id, &self.region, &self.address, &self.config);
                 self.epoch = view.epoch;
-                self.root = Some(Box::new(RootState::new(view, now, &self.config, false)));
+                self.root = Some(Box::new(RootState::new(view, now, &self.config, None)));
+            } else {
+                self.start_reigns(now);
             }
         } else {
             self.begin_join(now, out);
@@ -280,6 +296,9 @@ impl Node {
             self.interest_flush_at = None;
             self.send_parent_heartbeat(now, out);
         }
+        if self.reign.is_some() {
+            self.reign_on_tick(now, out);
+        }
         if self.root.is_some() {
             self.root_on_tick(now, out);
         }
@@ -304,6 +323,12 @@ impl Node {
         }
         if let Some(root) = &self.root {
             next = next.min(root.next_rebalance);
+            if let (Some(since), Some(reign)) = (root.oldest_uncommitted(), &self.reign) {
+                next = next.min(since + reign.commit_timeout());
+            }
+        }
+        if let Some(at) = self.reign.as_ref().and_then(|r| r.next_deadline()) {
+            next = next.min(at);
         }
         if self.requested_wake.is_none_or(|requested| next < requested) {
             self.requested_wake = Some(next);
@@ -421,6 +446,11 @@ impl Node {
     /// The leader a replicated candidate last heard of.
     pub fn known_leader(&self) -> Option<NodeId> {
         self.known_leader
+    }
+
+    /// The number of a replicated candidate's current (or last) reign; 0 before the first.
+    pub fn reign(&self) -> u64 {
+        self.reign.as_ref().map_or(0, |r| r.reign())
     }
 
     /// The root's replicated tree view (`None` on other nodes).

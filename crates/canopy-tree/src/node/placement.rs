@@ -103,13 +103,20 @@ impl Node {
         // asked during its current join. Another candidate's grant, signed or not, is not
         // the serving root's decision. An adoption may come from any configured candidate
         // (a new root adopts under routers that have not heard of it yet).
+        // A takeover is the exception: a candidate that placed this node under itself at a
+        // later topology epoch than any this node has seen became the root after the one it
+        // follows (every `NewRoot` raises the epoch).
         let root = placement.root_id;
+        let takeover = placement.parent_id == root
+            && self.is_root_candidate(root)
+            && placement.topology_epoch > self.epoch;
         let follows = self.leader().is_some_and(|r| r.id == root)
             || self
                 .joining
                 .as_ref()
                 .is_some_and(|j| j.asked.contains(&root))
-            || (claimed.adoption && self.is_root_candidate(root));
+            || (claimed.adoption && self.is_root_candidate(root))
+            || (!claimed.adoption && takeover);
         if !matches || !follows {
             return None;
         }

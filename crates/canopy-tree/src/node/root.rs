@@ -5,7 +5,7 @@
 //! decision leads to (an `AdoptChild`, an `AssignParent`, a culling `Disconnect`) is held
 //! until everything proposed so far is committed: commit, then act.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
@@ -41,34 +41,42 @@ pub(super) struct RootState {
     pub(super) view: TreeView,
     next_assignment: u64,
     pub(super) next_rebalance: Time,
-    /// Decisions go through Raft (`Output::Propose`) and actions wait for the commit.
-    replicated: bool,
+    /// The reign of a replicated root: decisions go through Raft (`Output::Propose`) and
+    /// actions wait for the commit. `None` for a root that commits as it decides.
+    reign: Option<u64>,
     /// Sequence number of the last proposal, and the highest one known committed.
     proposed: u64,
     committed: u64,
+    /// Since when the oldest proposal not known committed has waited.
+    uncommitted_since: Option<Time>,
     /// Actions waiting for the proposal with this sequence number to commit.
     held: VecDeque<(u64, Vec<HeldAction>)>,
-    /// The old root's children after a failover, with the time by which they must rejoin.
-    awaiting_rejoin: BTreeMap<NodeId, Time>,
 }
 
 impl RootState {
-    pub(super) fn new(view: TreeView, now: Time, config: &TreeConfig, replicated: bool) -> Self {
+    pub(super) fn new(view: TreeView, now: Time, config: &TreeConfig, reign: Option<u64>) -> Self {
         RootState {
             next_assignment: view.max_assignment() + 1,
             view,
             next_rebalance: now + config.rebalance_interval,
-            replicated,
+            reign,
             proposed: 0,
             committed: 0,
+            uncommitted_since: None,
             held: VecDeque::new(),
-            awaiting_rejoin: BTreeMap::new(),
         }
     }
 
-    pub(super) fn expect_rejoin(&mut self, children: Vec<NodeId>, deadline: Time) {
-        self.awaiting_rejoin
-            .extend(children.into_iter().map(|id| (id, deadline)));
+    /// The next assignment id (they rise strictly, across reigns too).
+    pub(super) fn take_assignment_id(&mut self) -> u64 {
+        let id = self.next_assignment;
+        self.next_assignment += 1;
+        id
+    }
+
+    /// Since when a proposal has waited for its commit, if one is waiting.
+    pub(super) fn oldest_uncommitted(&self) -> Option<Time> {
+        self.uncommitted_since
     }
 
     /// How many actions wait for a commit.
@@ -119,9 +127,7 @@ impl Node {
             Role::Client => root.view.place_client(from, &request.region, exclude),
             _ => root.view.place_router(from, exclude),
         };
-        let assignment_id = root.next_assignment;
-        root.next_assignment += 1;
-        root.awaiting_rejoin.remove(&from);
+        let assignment_id = root.take_assignment_id();
         let parent_address = if parent == self.id {
             self.address.clone()
         } else {
@@ -139,7 +145,7 @@ impl Node {
             assignment_id,
             salt,
         };
-        self.root_decide(change, out);
+        self.root_decide(change, now, out);
         out.push(Output::Event(TreeEvent::Placed {
             node: from,
             parent,
@@ -202,14 +208,16 @@ impl Node {
     }
 
     /// Records a structural decision in the view and, on a replicated root, proposes it.
-    fn root_decide(&mut self, change: ViewChange, out: &mut Vec<Output>) {
+    pub(super) fn root_decide(&mut self, change: ViewChange, now: Time, out: &mut Vec<Output>) {
         let Some(root) = self.root.as_mut() else {
             return;
         };
         root.view.apply(&change);
-        if root.replicated {
+        if let Some(reign) = root.reign {
             root.proposed += 1;
+            root.uncommitted_since.get_or_insert(now);
             out.push(Output::Propose {
+                reign,
                 seq: root.proposed,
                 change,
             });
@@ -243,6 +251,8 @@ impl Node {
             return;
         };
         root.committed = root.committed.max(up_to.min(root.proposed));
+        // What is still waiting gets a full timeout from now.
+        root.uncommitted_since = (root.committed < root.proposed).then_some(now);
         let mut ready = Vec::new();
         while root.held.front().is_some_and(|(seq, _)| *seq <= up_to) {
             if let Some((_, actions)) = root.held.pop_front() {
@@ -310,6 +320,7 @@ impl Node {
                     node: child,
                     at: now,
                 },
+                now,
                 out,
             );
         }
@@ -323,23 +334,9 @@ impl Node {
             return;
         }
         root.next_rebalance = now + self.config.rebalance_interval;
-        let mut gone = root.view.expired_detached(now, self.config.orphan_grace);
-        // Children of the old root that did not come back after a failover.
-        let root_id = self.id;
-        let overdue: Vec<NodeId> = root
-            .awaiting_rejoin
-            .iter()
-            .filter(|&(_, &deadline)| now > deadline)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in overdue {
-            root.awaiting_rejoin.remove(&id);
-            if root.view.get(id).is_some_and(|e| e.parent == Some(root_id)) {
-                gone.push(id);
-            }
-        }
+        let gone = root.view.expired_detached(now, self.config.orphan_grace);
         for node in gone {
-            self.root_decide(ViewChange::Remove { node, at: now }, out);
+            self.root_decide(ViewChange::Remove { node, at: now }, now, out);
         }
         self.rebalance(now, out);
     }
@@ -391,6 +388,15 @@ impl Node {
             let to = client;
             let body = Body::Disconnect(disconnect);
             self.root_after_commit(HeldAction::Send { to, body }, now, out);
+        }
+        if !culls.is_empty() {
+            self.root_decide(
+                ViewChange::Rebalance {
+                    culls: culls.clone(),
+                },
+                now,
+                out,
+            );
         }
         for (router, count) in culls {
             // Like every structural action, a cull waits for what was decided before it:

@@ -32,6 +32,10 @@ pub enum ViewChange {
     /// to the tree: the node layer checks their CA signatures, enforces them and passes them
     /// down the tree.
     Revocations { lists: Vec<Vec<u8>> },
+    /// The root decided to cull: `(router, count)` pairs. The view does not change (the
+    /// culled nodes' moves are placements of their own); committing the decision first means
+    /// only a root the group still follows can send a `Cull`.
+    Rebalance { culls: Vec<(NodeId, u64)> },
 }
 
 /// One node's replicated facts; the view's indexes and counts are derived from these.
@@ -107,7 +111,7 @@ impl TreeView {
             ),
             ViewChange::Remove { node, at } => self.remove(*node, *at),
             // Kept beside the view by the root group's state machine.
-            ViewChange::Revocations { .. } => {}
+            ViewChange::Revocations { .. } | ViewChange::Rebalance { .. } => {}
         }
     }
 

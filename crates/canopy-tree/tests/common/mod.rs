@@ -18,8 +18,8 @@ use canopy_tree::proto::v1::{
 };
 use canopy_tree::proto::{Body, ControlMessage};
 use canopy_tree::{
-    Input, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent, TreeView,
-    ViewChange,
+    Input, Node, NodeId, Output, ReignConfig, Role, RootCandidate, Time, TreeConfig, TreeEvent,
+    TreeView, ViewChange,
 };
 
 /// The id of the root in every test.
@@ -125,6 +125,15 @@ pub struct Net {
     pub raft_log: Vec<ViewChange>,
     /// Links nodes asked to close because a peer went over a bound: (node, peer, reason).
     pub closed: Vec<(NodeId, NodeId, String)>,
+    /// The Raft group as the harness plays it: the current term and leader. While the
+    /// leader is up, `tick_all` relays fresh news to every live candidate (the leader's
+    /// quorum acknowledges it, the followers hear from it).
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// Each candidate's last contact with the leader, as relayed.
+    pub contact: BTreeMap<NodeId, Time>,
+    /// Elections candidates asked for: (candidate, time).
+    pub elections: Vec<(NodeId, Time)>,
 }
 
 impl Net {
@@ -146,6 +155,10 @@ impl Net {
             auto_commit: BTreeSet::new(),
             raft_log: Vec::new(),
             closed: Vec::new(),
+            term: 0,
+            leader: None,
+            contact: BTreeMap::new(),
+            elections: Vec::new(),
         };
         net.add(ROOT, Role::Root, root_seed);
         net.input(ROOT, Input::Start);
@@ -172,6 +185,10 @@ impl Net {
             auto_commit: BTreeSet::new(),
             raft_log: Vec::new(),
             closed: Vec::new(),
+            term: 0,
+            leader: None,
+            contact: BTreeMap::new(),
+            elections: Vec::new(),
         };
         for &id in ids {
             let node = Node::new(
@@ -183,7 +200,7 @@ impl Net {
                 Arc::clone(&net.roots),
                 id,
             )
-            .replicated();
+            .replicated(ReignConfig::default());
             net.nodes.insert(id, node);
             if auto_commit {
                 net.auto_commit.insert(id);
@@ -202,31 +219,65 @@ impl Net {
         view
     }
 
-    /// Candidate `id` wins an election: `NewRoot` is committed, `id` serves with the
-    /// replayed view and every other live candidate learns who leads.
+    /// Candidate `id` wins an election: it hears that it leads, asks to take over, its
+    /// `NewRoot` is committed, it serves with the replayed view, and every other live
+    /// candidate learns who leads.
     pub fn elect(&mut self, id: NodeId) -> Vec<Output> {
-        self.raft_log.push(ViewChange::NewRoot {
-            root: id,
-            region: REGION.to_owned(),
-            address: candidate_address(id),
-        });
+        self.term += 1;
+        self.leader = Some(id);
+        let mut out = self.news(id);
+        let reign = out
+            .iter()
+            .find_map(|o| match o {
+                Output::TakeOver { reign, change } => Some((*reign, change.clone())),
+                _ => None,
+            })
+            .expect("the new leader asks to take over");
+        self.raft_log.push(reign.1);
         let view = self.replayed_view().expect("a NewRoot was committed");
-        let out = self.input(
+        out.extend(self.input(
             id,
             Input::BecomeRoot {
+                reign: reign.0,
                 view: Box::new(view),
             },
-        );
-        let others: Vec<NodeId> = self
-            .roots
-            .iter()
-            .map(|r| r.id)
-            .filter(|&r| r != id && !self.down.contains(&r))
-            .collect();
-        for other in others {
-            self.input(other, Input::StepDown { leader: Some(id) });
+        ));
+        for other in self.live_candidates() {
+            if other != id {
+                self.news(other);
+            }
         }
         out
+    }
+
+    /// Live root candidates, in order.
+    pub fn live_candidates(&self) -> Vec<NodeId> {
+        self.roots
+            .iter()
+            .map(|r| r.id)
+            .filter(|r| !self.down.contains(r) && self.nodes.contains_key(r))
+            .collect()
+    }
+
+    /// Relays the group's news to candidate `id`: the current term and leader, with contact
+    /// now if the leader is up (and reachable), else the last contact it had.
+    pub fn news(&mut self, id: NodeId) -> Vec<Output> {
+        let leader_up = self
+            .leader
+            .is_some_and(|l| !self.down.contains(&l) && (l == id || !self.cut.contains(&(l, id))));
+        if leader_up {
+            self.contact.insert(id, self.now);
+        }
+        let contact = self.contact.get(&id).copied();
+        let (term, leader) = (self.term, self.leader);
+        self.input(
+            id,
+            Input::Leadership {
+                term,
+                leader,
+                contact,
+            },
+        )
     }
 
     /// The node dies: it is no longer ticked and everything sent to it is lost.
@@ -320,9 +371,11 @@ impl Net {
                 Output::Event(e) => self.events.push((id, e.clone())),
                 Output::Deliver(m) => self.delivered.push((id, m.clone())),
                 Output::WakeAt(_) => {}
-                Output::Propose { seq, change } => {
+                Output::Propose { seq, change, .. } => {
                     self.proposals.push((id, *seq, change.clone()));
                 }
+                Output::TakeOver { .. } => {}
+                Output::Elect { .. } => self.elections.push((id, now)),
                 Output::CloseLink { peer, reason } => {
                     self.closed.push((id, *peer, reason.clone()));
                 }
@@ -331,13 +384,13 @@ impl Net {
         if self.auto_commit.contains(&id) {
             let mut up_to = None;
             for o in &out {
-                if let Output::Propose { seq, change } = o {
+                if let Output::Propose { reign, seq, change } = o {
                     self.raft_log.push(change.clone());
-                    up_to = Some(*seq);
+                    up_to = Some((*reign, *seq));
                 }
             }
-            if let Some(up_to) = up_to {
-                let more = self.input(id, Input::Committed { up_to });
+            if let Some((reign, up_to)) = up_to {
+                let more = self.input(id, Input::Committed { reign, up_to });
                 out.extend(more);
             }
         }
@@ -408,6 +461,11 @@ impl Net {
 
     /// Ticks every live node at the current time.
     pub fn tick_all(&mut self) {
+        if self.leader.is_some() {
+            for id in self.live_candidates() {
+                self.news(id);
+            }
+        }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             if !self.down.contains(&id) {
@@ -594,7 +652,7 @@ pub fn not_leader(b: &Body) -> Option<canopy_tree::proto::v1::NotLeader> {
 pub fn proposals(out: &[Output]) -> Vec<(u64, ViewChange)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Propose { seq, change } => Some((*seq, change.clone())),
+            Output::Propose { seq, change, .. } => Some((*seq, change.clone())),
             _ => None,
         })
         .collect()
