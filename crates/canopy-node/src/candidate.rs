@@ -1,19 +1,19 @@
-//! A root candidate's side of the runtime: it follows Raft leadership, serves as root while
-//! it leads, commits the tree's structural decisions through Raft, and hands Raft and
-//! operator traffic to the group.
+//! A root candidate's side of the runtime: it relays the root group's news to the tree
+//! node, carries out what the node asks of Raft (take over, commit, elect), relays the
+//! answers back, and hands Raft and operator traffic to the group.
 //!
-//! Each stretch of leadership is a *reign*. Everything a reign starts (catching up, the
-//! proposer task) reports back tagged with its reign, and reports from an ended reign are
-//! ignored, so a deposed leader never releases an action for a commit it did not see.
+//! Every decision (when to take over, when to step down, when to ask for an election) is
+//! the tree core's (`canopy_tree`'s reigns); this module only moves news and answers. Every
+//! answer carries the reign it belongs to, and the node ignores answers for another reign.
 
 use std::time::Duration;
 
 use canopy_net::Identity;
 use canopy_proto::Body;
 use canopy_raft::{Leadership, RootGroup};
-use canopy_tree::{Input, NodeId, TreeView, ViewChange};
+use canopy_tree::{Input, TreeView, ViewChange};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::answer_admin;
 use crate::runtime::Runtime;
@@ -23,16 +23,6 @@ const MAX_BATCH: usize = 512;
 /// Largest encoded size of the changes committed as one Raft entry: well under the group's
 /// limit, which one entry must not exceed.
 const BATCH_BYTES: usize = canopy_raft::MAX_BATCH_BYTES / 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reign {
-    /// Not leading (or not yet serving).
-    Idle,
-    /// Leading; catching up and committing `NewRoot` before serving.
-    Becoming,
-    /// Serving as root.
-    Serving,
-}
 
 /// What the candidate's background tasks report to the runtime.
 #[derive(Debug)]
@@ -49,15 +39,10 @@ pub(crate) enum Report {
         reign: u64,
         up_to: u64,
     },
-    Lost {
-        reign: u64,
-        leader: Option<NodeId>,
-        error: String,
-    },
 }
 
 pub(crate) enum CandidateEvent {
-    /// Leadership may have changed, or it is time to look again.
+    /// Leadership may have changed, or it is time to relay the news again.
     Check,
     Report(Report),
 }
@@ -88,14 +73,9 @@ impl CandidateChannels {
 
 pub(crate) struct Candidate {
     group: RootGroup,
-    leadership: watch::Receiver<Leadership>,
     reports: mpsc::UnboundedSender<Report>,
-    reign_id: u64,
-    reign: Reign,
-    proposer: Option<mpsc::UnboundedSender<(u64, ViewChange)>>,
-    /// A leader that no quorum acknowledged for this long stops serving: the others may
-    /// already have elected a new leader.
-    lease: Duration,
+    /// The proposer of the reign that proposed last.
+    proposer: Option<(u64, mpsc::UnboundedSender<(u64, ViewChange)>)>,
     /// The version of the committed revocation lists last put in force here.
     revocations_seen: u64,
 }
@@ -104,8 +84,8 @@ impl Candidate {
     pub(crate) fn new(group: RootGroup) -> (Candidate, CandidateChannels) {
         let config = group.raft().config();
         let heartbeat = Duration::from_millis(config.heartbeat_interval.max(1));
-        let election_max = Duration::from_millis(config.election_timeout_max);
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        // News goes to the node every heartbeat: the leader's lease is renewed from it.
         let mut check = tokio::time::interval(heartbeat);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let channels = CandidateChannels {
@@ -115,55 +95,44 @@ impl Candidate {
             check,
         };
         let candidate = Candidate {
-            leadership: group.leadership(),
             group,
             reports: reports_tx,
-            reign_id: 0,
-            reign: Reign::Idle,
             proposer: None,
-            lease: election_max,
             revocations_seen: 0,
         };
         (candidate, channels)
     }
 
-    pub(crate) fn on_link_closed(&self, peer: NodeId) {
+    pub(crate) fn on_link_closed(&self, peer: canopy_tree::NodeId) {
         self.group.on_link_closed(peer);
     }
 
-    /// Queues a change for commit; the proposer commits in order, in batches.
-    pub(crate) fn propose(&self, seq: u64, change: ViewChange) {
+    /// Queues a change of `reign` for commit; each reign's proposer commits in order, in
+    /// batches. A new reign's first proposal retires the previous reign's proposer.
+    pub(crate) fn propose(&mut self, reign: u64, seq: u64, change: ViewChange) {
+        if self.proposer.as_ref().is_none_or(|(r, _)| *r != reign) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (group, reports) = (self.group.clone(), self.reports.clone());
+            tokio::spawn(run_proposer(reign, group, rx, reports));
+            self.proposer = Some((reign, tx));
+        }
         let queued = self
             .proposer
             .as_ref()
-            .is_some_and(|p| p.send((seq, change)).is_ok());
+            .is_some_and(|(_, p)| p.send((seq, change)).is_ok());
         if !queued {
-            warn!("a change was proposed outside a reign; it will not be acted on");
+            let _ = self.reports.send(Report::Failed {
+                reign,
+                error: "the proposer stopped".into(),
+            });
         }
     }
 
-    fn leads(&self) -> (bool, Option<NodeId>) {
-        let l = self.leadership.borrow();
-        let fresh = l.since_quorum_ack.is_none_or(|age| age <= self.lease);
-        (l.is_leader && fresh, l.leader)
-    }
-
-    fn begin_reign(&mut self, id: NodeId, region: String, address: String) {
-        self.reign_id += 1;
-        self.reign = Reign::Becoming;
-        let (reign, group, reports) = (self.reign_id, self.group.clone(), self.reports.clone());
+    /// Commits the takeover's `NewRoot` and reports the view it produced.
+    pub(crate) fn take_over(&self, reign: u64, change: ViewChange) {
+        let (group, reports) = (self.group.clone(), self.reports.clone());
         tokio::spawn(async move {
-            let new_root = ViewChange::NewRoot {
-                root: id,
-                region,
-                address,
-            };
-            let result = async {
-                group.catch_up().await?;
-                group.propose(vec![new_root]).await
-            }
-            .await;
-            let report = match result {
+            let report = match group.propose(vec![change]).await {
                 Ok(_) => Report::Ready {
                     reign,
                     view: group.view().map(Box::new),
@@ -177,18 +146,8 @@ impl Candidate {
         });
     }
 
-    fn serve(&mut self) {
-        self.reign = Reign::Serving;
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.proposer = Some(tx);
-        let (reign, group, reports) = (self.reign_id, self.group.clone(), self.reports.clone());
-        tokio::spawn(run_proposer(reign, group, rx, reports));
-    }
-
-    fn end_reign(&mut self) {
-        self.reign_id += 1;
-        self.reign = Reign::Idle;
-        self.proposer = None;
+    pub(crate) fn elect(&self) {
+        self.group.elect();
     }
 }
 
@@ -229,13 +188,12 @@ async fn run_proposer(
         }
         let report = match group.propose(batch).await {
             Ok(_) => Report::Committed { reign, up_to },
-            Err(e) => Report::Lost {
+            Err(e) => Report::Failed {
                 reign,
-                leader: group.leadership().borrow().leader,
                 error: e.to_string(),
             },
         };
-        let lost = matches!(report, Report::Lost { .. });
+        let lost = matches!(report, Report::Failed { .. });
         if reports.send(report).is_err() || lost {
             return;
         }
@@ -281,90 +239,69 @@ impl Runtime {
         }
     }
 
+    /// Relays the group's news, with this candidate's own evidence of it.
     fn check_leadership(&mut self) {
-        let id = self.node.id();
-        let region = self.node.region().to_owned();
-        let address = self.net.local_addr().to_string();
-        let Some(candidate) = self.candidate.as_mut() else {
+        let Some(candidate) = self.candidate.as_ref() else {
             return;
         };
-        let (leads, leader) = candidate.leads();
-        let leader = leader.filter(|&l| l != id || leads);
-        match (leads, candidate.reign) {
-            (true, Reign::Idle) => {
-                info!(node = id, "leading the root group; taking over as root");
-                candidate.begin_reign(id, region, address);
-                // Until it serves, it must not send joiners back to the old leader (which
-                // may already name it): it names no one and joiners retry shortly.
-                self.handle(Input::StepDown { leader: Some(id) });
-            }
-            (true, _) => {}
-            (false, Reign::Idle) => {
-                if leader != self.node.known_leader() {
-                    self.handle(Input::StepDown { leader });
-                }
-            }
-            (false, _) => {
-                info!(
-                    node = id,
-                    ?leader,
-                    "no longer leading; stepping down as root"
-                );
-                candidate.end_reign();
-                self.handle(Input::StepDown { leader });
-            }
-        }
+        let news = candidate.group.leadership_now();
+        let contact = news.contact.map(|at| self.time_of(at.into()));
+        self.handle(Input::Leadership {
+            term: news.term,
+            leader: news.leader,
+            contact,
+        });
     }
 
     fn on_report(&mut self, report: Report) {
         let id = self.node.id();
-        let Some(candidate) = self.candidate.as_mut() else {
-            return;
-        };
         match report {
-            Report::Ready { reign, view } if reign == candidate.reign_id => match view {
-                Some(view) => {
-                    info!(
-                        node = id,
-                        epoch = view.epoch,
-                        nodes = view.len(),
-                        "serving as root"
-                    );
-                    candidate.serve();
-                    let committed = candidate.group.revocations();
-                    self.handle(Input::BecomeRoot { view });
-                    // What the group committed is in force at its new root, even if this
-                    // candidate missed the old leader's push.
-                    let wire: Vec<bytes::Bytes> =
-                        committed.into_iter().map(bytes::Bytes::from).collect();
-                    let (lists, _) = crate::revocations::parse_lists(&wire);
-                    if crate::revocations::adopt(&self.net, lists, "root group") {
-                        self.flood_revocations(None);
-                    }
-                }
-                None => {
-                    warn!(node = id, "no tree view after NewRoot committed");
-                    candidate.end_reign();
-                }
-            },
-            Report::Failed { reign, error } if reign == candidate.reign_id => {
-                warn!(node = id, %error, "could not take over as root; will retry");
-                candidate.end_reign();
-            }
-            Report::Committed { reign, up_to } if reign == candidate.reign_id => {
-                self.handle(Input::Committed { up_to });
-            }
-            Report::Lost {
+            Report::Ready {
                 reign,
-                leader,
-                error,
-            } if reign == candidate.reign_id => {
-                warn!(node = id, %error, "commit failed; stepping down as root");
-                candidate.end_reign();
-                self.handle(Input::StepDown { leader });
+                view: Some(view),
+            } => {
+                info!(
+                    node = id,
+                    reign,
+                    epoch = view.epoch,
+                    nodes = view.len(),
+                    "NewRoot committed"
+                );
+                self.handle(Input::BecomeRoot { reign, view });
+                if !self.node.is_serving_root() {
+                    return;
+                }
+                // What the group committed is in force at its new root, even if this
+                // candidate missed the old leader's push.
+                let Some(candidate) = self.candidate.as_ref() else {
+                    return;
+                };
+                let wire: Vec<bytes::Bytes> = candidate
+                    .group
+                    .revocations()
+                    .into_iter()
+                    .map(bytes::Bytes::from)
+                    .collect();
+                let (lists, _) = crate::revocations::parse_lists(&wire);
+                if crate::revocations::adopt(&self.net, lists, "root group") {
+                    self.flood_revocations(None);
+                }
             }
-            // A report from an ended reign: whatever it says is no longer ours to act on.
-            _ => {}
+            Report::Ready { reign, view: None } => {
+                warn!(node = id, reign, "no tree view after NewRoot committed");
+                self.handle(Input::CommitFailed { reign });
+            }
+            Report::Failed { reign, error } => {
+                if reign == self.node.reign() {
+                    warn!(node = id, reign, %error, "a commit failed");
+                } else {
+                    debug!(node = id, reign, %error, "a commit of an ended reign failed");
+                }
+                self.handle(Input::CommitFailed { reign });
+            }
+            Report::Committed { reign, up_to } => {
+                self.handle(Input::Committed { reign, up_to });
+            }
         }
     }
 

@@ -389,6 +389,7 @@ impl NodeConfig {
                     config_key(name)
                 }
                 E::BadFpRate => "tree.filter_fp_rate",
+                E::LeaseTooLong => "raft.election_max_ms",
             };
             (key, e.to_string())
         })?;

@@ -71,6 +71,12 @@ pub struct NodeCounters {
     pub proposals: u64,
     /// Root actions carried out after their decisions committed.
     pub root_actions_released: u64,
+    /// Elections this candidate asked for because the leader was silent.
+    pub elections_asked: u64,
+    /// Times this candidate began serving as root.
+    pub became_root: u64,
+    /// Times it stopped serving as root.
+    pub stepped_down: u64,
 }
 
 /// A snapshot of a node's state.
@@ -95,6 +101,8 @@ pub struct NodeStatus {
     pub held_actions: usize,
     /// Topology epoch of the root's view (root only).
     pub view_epoch: Option<u64>,
+    /// The assignment id of the link to the parent (a new one means the link was rebuilt).
+    pub parent_assignment: Option<u64>,
 }
 
 /// Why a node could not start.
@@ -361,8 +369,8 @@ fn spawn(
         Arc::from(roots),
         seed,
     );
-    if group.is_some() {
-        node = node.replicated();
+    if let Some(group) = &group {
+        node = node.replicated(group.timers().reign());
     }
     let start = Instant::now();
     let mut outputs = Vec::new();
@@ -447,6 +455,16 @@ pub(crate) struct Runtime {
 impl Runtime {
     fn now(&self) -> Duration {
         self.start_wall + self.start.elapsed()
+    }
+
+    /// An instant of this process's monotonic clock as node time.
+    pub(crate) fn time_of(&self, at: Instant) -> Duration {
+        match at.checked_duration_since(self.start) {
+            Some(after) => self.start_wall + after,
+            None => self
+                .start_wall
+                .saturating_sub(self.start.saturating_duration_since(at)),
+        }
     }
 
     pub(crate) fn handle(&mut self, input: Input) {
@@ -657,6 +675,7 @@ impl Runtime {
             serving_root: self.node.is_serving_root(),
             known_leader: self.node.known_leader(),
             held_actions: self.node.held_actions(),
+            parent_assignment: self.node.parent_assignment(),
             view_epoch: self.node.view().map(|v| v.epoch),
         }
     }
@@ -706,6 +725,8 @@ impl Runtime {
                         self.counters.root_actions_released += count as u64;
                     }
                     TreeEvent::Dropped { .. } => self.counters.dropped += 1,
+                    TreeEvent::BecameRoot { .. } => self.counters.became_root += 1,
+                    TreeEvent::SteppedDown { .. } => self.counters.stepped_down += 1,
                     TreeEvent::ParentTimedOut { .. }
                     | TreeEvent::ChildRemoved {
                         reason: RemovalReason::Timeout,
@@ -715,16 +736,39 @@ impl Runtime {
                 }
                 log_event(self.node.id(), &event);
             }
-            Output::Propose { seq, change } => match &self.candidate {
+            Output::Propose { reign, seq, change } => match self.candidate.as_mut() {
                 Some(candidate) => {
                     self.counters.proposals += 1;
-                    candidate.propose(seq, change);
+                    candidate.propose(reign, seq, change);
                 }
                 None => warn!(
                     node = self.node.id(),
                     "a root without Raft proposed a change"
                 ),
             },
+            Output::TakeOver { reign, change } => match &self.candidate {
+                Some(candidate) => {
+                    info!(
+                        node = self.node.id(),
+                        reign, "leading the root group; taking over as root"
+                    );
+                    candidate.take_over(reign, change);
+                }
+                None => warn!(
+                    node = self.node.id(),
+                    "a root without Raft asked to take over"
+                ),
+            },
+            Output::Elect { term } => {
+                if let Some(candidate) = &self.candidate {
+                    info!(
+                        node = self.node.id(),
+                        term, "the leader is silent; asking for an election"
+                    );
+                    self.counters.elections_asked += 1;
+                    candidate.elect();
+                }
+            }
         }
     }
 

@@ -5,7 +5,7 @@ mod membership;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_net::NetEndpoint;
 use canopy_proto::{Body, ControlMessage};
@@ -49,6 +49,7 @@ struct Inner {
     refused: Arc<AtomicU64>,
     /// Who may speak Raft to a candidate that knows no membership yet.
     known: Mutex<Vec<CandidateId>>,
+    timers: crate::RaftTimers,
 }
 
 impl Drop for Inner {
@@ -99,6 +100,7 @@ fn leadership_of(m: &Metrics) -> Leadership {
             .millis_since_quorum_ack
             .filter(|_| is_leader)
             .map(Duration::from_millis),
+        contact: None,
     }
 }
 
@@ -163,8 +165,14 @@ impl RootGroup {
                 shut_down: AtomicBool::new(false),
                 refused: Arc::new(AtomicU64::new(0)),
                 known: Mutex::new(Vec::new()),
+                timers: config.timers,
             }),
         })
+    }
+
+    /// The timers this candidate runs with.
+    pub fn timers(&self) -> crate::RaftTimers {
+        self.inner.timers
     }
 
     /// This candidate's id.
@@ -235,7 +243,8 @@ impl RootGroup {
                 let rpc = self.inner.rpc.clone();
                 let refused = self.inner.refused.clone();
                 self.inner.runtime.spawn(async move {
-                    let response = match service::handle(&raft, from, request).await {
+                    let contacts = rpc.contacts.clone();
+                    let response = match service::handle(&raft, &contacts, from, request).await {
                         Ok(response) => response,
                         Err(impostor) => {
                             refused.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +367,38 @@ impl RootGroup {
             }
             Err(RaftError::Fatal(e)) => Err(ProposeError::Other(format!("raft stopped: {e}"))),
         }
+    }
+
+    /// Leadership as of now, with this candidate's own evidence of it (`contact`): as leader,
+    /// when it sent the last request a quorum accepted in its term; as follower, when it last
+    /// accepted a leader's entries or granted a vote.
+    pub fn leadership_now(&self) -> Leadership {
+        let now = Instant::now();
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let mut leadership = leadership_of(&metrics);
+        leadership.contact = if leadership.is_leader {
+            let voters: Vec<CandidateId> =
+                metrics.membership_config.membership().voter_ids().collect();
+            self.inner
+                .rpc
+                .contacts
+                .quorum_acked(self.inner.id, leadership.term, &voters, now)
+        } else {
+            self.inner.rpc.contacts.last_heard()
+        };
+        leadership
+    }
+
+    /// Asks Raft for an election now (openraft's own timer would wait the vote lease and
+    /// then its election timeout on top). A no-op on a leader or a learner.
+    pub fn elect(&self) {
+        let raft = self.inner.raft.clone();
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = raft.trigger().elect().await {
+                debug!(error = %e, "could not trigger an election");
+            }
+        });
     }
 
     /// A clone of the committed view as applied here (None before the first NewRoot).

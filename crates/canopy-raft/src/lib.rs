@@ -22,6 +22,7 @@
 //! must never depend on `canopy-node` (which depends on it), and the tokio-free layers
 //! (`canopy-proto`, `canopy-tree`, `canopy-sim`) must never depend on it.
 
+mod contact;
 mod group;
 mod network;
 mod service;
@@ -98,6 +99,11 @@ pub struct Leadership {
     /// Leader only: how long since a quorum last acknowledged it (openraft's
     /// `millis_since_quorum_ack`, as of the last metrics update).
     pub since_quorum_ack: Option<Duration>,
+    /// This candidate's own evidence, by its own clock (only from
+    /// [`RootGroup::leadership_now`]): as leader, when it sent the last request a quorum
+    /// accepted in its term; as follower, when it last accepted a leader's entries or granted
+    /// a vote.
+    pub contact: Option<std::time::Instant>,
 }
 
 /// A snapshot of one candidate's Raft and view state.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_net::NetEndpoint;
 use canopy_proto::v1::raft_request::Kind;
@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::contact::Contacts;
 use crate::{CandidateId, TypeConfig};
 
 /// Largest request body sent (the frame limit is 1 MiB; leave room for the envelope).
@@ -74,6 +75,8 @@ pub(crate) struct Rpc {
     /// Pause before retrying an unreachable peer.
     backoff: Duration,
     closed: AtomicBool,
+    /// What peers accepted from this candidate, and when it was sent.
+    pub(crate) contacts: Arc<Contacts>,
 }
 
 /// Removes its pending entry when the RPC ends, however it ends.
@@ -98,6 +101,7 @@ impl Rpc {
             addresses: RwLock::new(HashMap::new()),
             backoff,
             closed: AtomicBool::new(false),
+            contacts: Arc::new(Contacts::default()),
         })
     }
 
@@ -390,6 +394,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             );
         }
         let sent = body.len();
+        let (sent_at, term) = (Instant::now(), rpc.vote.leader_id().get_term());
         let action = RPCTypes::AppendEntries;
         let result = self
             .send(Kind::AppendEntries, action, body, option.hard_ttl())
@@ -398,7 +403,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Err(RPCError::Timeout(_)) if sent > MIN_RPC_BUDGET => {
                 self.budget = (sent / 2).max(MIN_RPC_BUDGET);
             }
-            Ok(_) => self.budget = self.budget.saturating_mul(2).min(MAX_RPC_BODY),
+            Ok(response) => {
+                self.budget = self.budget.saturating_mul(2).min(MAX_RPC_BODY);
+                // A conflict is a log mismatch: the follower still accepted this leader.
+                if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                    self.rpc.contacts.acked(self.target, term, sent_at);
+                }
+            }
             Err(_) => {}
         }
         match (result?, partial) {
@@ -425,7 +436,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<CandidateId>> {
         let ttl = option.hard_ttl();
-        self.request(Kind::Vote, RPCTypes::Vote, &rpc, ttl).await
+        let (sent_at, term) = (Instant::now(), rpc.vote.leader_id().get_term());
+        let response: VoteResponse<CandidateId> =
+            self.request(Kind::Vote, RPCTypes::Vote, &rpc, ttl).await?;
+        if response.vote_granted {
+            self.rpc.contacts.acked(self.target, term, sent_at);
+        }
+        Ok(response)
     }
 
     fn backoff(&self) -> Backoff {

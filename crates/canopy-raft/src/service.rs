@@ -3,11 +3,16 @@
 
 use canopy_proto::v1::raft_request::Kind;
 use canopy_proto::v1::{RaftRequest, RaftResponse};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use std::time::Instant;
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::{Raft, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::contact::Contacts;
 use crate::{CandidateId, TypeConfig};
 
 fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
@@ -30,6 +35,7 @@ fn impostor(kind: &str, vote: &Vote<CandidateId>, from: CandidateId) -> Option<S
 /// reason if the request speaks for another candidate than `from` (its link is then closed).
 pub(crate) async fn handle(
     raft: &Raft<TypeConfig>,
+    contacts: &Contacts,
     from: CandidateId,
     request: RaftRequest,
 ) -> Result<RaftResponse, String> {
@@ -41,7 +47,14 @@ pub(crate) async fn handle(
                     if let Some(e) = impostor("append_entries", &rpc.vote, from) {
                         return Err(e);
                     }
-                    encode(&raft.append_entries(rpc).await)
+                    let answer = raft.append_entries(rpc).await;
+                    if answer
+                        .as_ref()
+                        .is_ok_and(|a| !matches!(a, AppendEntriesResponse::HigherVote(_)))
+                    {
+                        contacts.heard(Instant::now());
+                    }
+                    encode(&answer)
                 }
                 Err(e) => Err(e),
             }
@@ -51,7 +64,11 @@ pub(crate) async fn handle(
                 if let Some(e) = impostor("vote", &rpc.vote, from) {
                     return Err(e);
                 }
-                encode(&raft.vote(rpc).await)
+                let answer = raft.vote(rpc).await;
+                if answer.as_ref().is_ok_and(|a| a.vote_granted) {
+                    contacts.heard(Instant::now());
+                }
+                encode(&answer)
             }
             Err(e) => Err(e),
         },

@@ -2,9 +2,14 @@
 
 use std::time::Duration;
 
-/// Election/heartbeat timers. [`RaftTimers::lan`] (the default): heartbeat 100 ms, election
-/// 400..800 ms. [`RaftTimers::wan`]: heartbeat 500 ms, election 2500..5000 ms, for candidates in
-/// different regions with round trips up to ~250 ms.
+/// Election/heartbeat timers. [`RaftTimers::lan`] (the default): heartbeat 50 ms, election
+/// 150..300 ms (openraft's defaults). [`RaftTimers::wan`]: heartbeat 300 ms, election
+/// 900..1200 ms, for candidates in different regions with round trips up to ~150 ms.
+///
+/// A follower refuses to vote for anyone else until it has heard nothing from the leader
+/// for `election_max` (openraft's leader lease), so that is the least time a failover can
+/// take; the candidates' own code asks for the election as soon as it has run out (see
+/// [`RaftTimers::reign`]) instead of waiting openraft's election timeout on top of it.
 ///
 /// The leader sends a heartbeat every `heartbeat`, and openraft gives each AppendEntries RPC
 /// `heartbeat` to complete, so `heartbeat` must stay well above the round trip between
@@ -21,19 +26,27 @@ impl RaftTimers {
     /// Timers for candidates in one data centre.
     pub fn lan() -> Self {
         RaftTimers {
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(150),
+            election_max: Duration::from_millis(300),
         }
     }
 
-    /// Timers for candidates spread over regions (round trips up to ~250 ms).
+    /// Timers for candidates spread over regions, round trips up to ~150 ms: the heartbeat
+    /// (which is also each AppendEntries' time to complete) twice the round trip, the vote
+    /// lease four heartbeats, so one or two lost heartbeats never depose a leader.
     pub fn wan() -> Self {
         RaftTimers {
-            heartbeat: Duration::from_millis(500),
-            election_min: Duration::from_millis(2500),
-            election_max: Duration::from_millis(5000),
+            heartbeat: Duration::from_millis(300),
+            election_min: Duration::from_millis(900),
+            election_max: Duration::from_millis(1200),
         }
+    }
+
+    /// How a candidate times its reigns with these timers
+    /// ([`canopy_tree::ReignConfig::for_raft`]).
+    pub fn reign(&self) -> canopy_tree::ReignConfig {
+        canopy_tree::ReignConfig::for_raft(self.heartbeat, self.election_max)
     }
 
     /// Checks `0 < heartbeat < election_min < election_max`, at millisecond resolution (the
@@ -86,6 +99,12 @@ mod tests {
     fn presets_are_valid() {
         RaftTimers::lan().validate().expect("lan");
         RaftTimers::wan().validate().expect("wan");
+        for timers in [RaftTimers::lan(), RaftTimers::wan()] {
+            let reign = timers.reign();
+            reign.validate().expect("reign");
+            assert!(reign.lease < timers.election_max, "{reign:?}");
+            assert!(reign.election_after > timers.election_max, "{reign:?}");
+        }
         assert_eq!(RaftTimers::default(), RaftTimers::lan());
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::{Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig};
 
+use crate::group::{Commit, GroupActions, GroupEvent, GroupModel, GroupSpec};
+
 /// Latency of a link: `base` plus a per-link constant in `[0, jitter)` drawn from the seed.
 /// Constant per link, so messages on one link arrive in order (as on a QUIC stream).
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +69,7 @@ enum Event {
     },
     Wake(NodeId),
     Input(NodeId, Input),
+    Group(GroupEvent),
 }
 
 /// Simulated time advances in steps of this many nanoseconds (0.1 ms). Events due in the
@@ -91,6 +94,13 @@ pub struct Sim {
     multicast_hops: Option<Vec<MulticastHop>>,
     messages_lost: u64,
     events_processed: u64,
+    /// The replicated root's group model (`None`: a single root that commits as it decides).
+    group: Option<GroupModel>,
+    /// Events held for paused nodes, in arrival order (index id - 1).
+    paused: Vec<Option<Vec<Event>>>,
+    /// Root actions (proposals, placements, culls) taken by a candidate the group did not
+    /// consider its leader at that moment: must stay 0.
+    stale_root_actions: u64,
 }
 
 fn nanos(t: Time) -> u64 {
@@ -123,7 +133,106 @@ impl Sim {
             multicast_hops: None,
             messages_lost: 0,
             events_processed: 0,
+            group: None,
+            paused: Vec::new(),
+            stale_root_actions: 0,
         }
+    }
+
+    /// An empty network whose root is replicated: nodes 1..=`spec.candidates` must be added
+    /// first, as root candidates; candidate 1 leads the first term.
+    pub fn replicated(
+        config: TreeConfig,
+        latency: LatencyModel,
+        seed: u64,
+        spec: GroupSpec,
+    ) -> Sim {
+        let mut sim = Sim::new(config, latency, seed);
+        sim.roots = (1..=spec.candidates as NodeId)
+            .map(|id| RootCandidate {
+                id,
+                address: String::new(),
+            })
+            .collect();
+        sim.group = Some(GroupModel::new(spec));
+        sim.schedule(Time::ZERO, Event::Group(GroupEvent::Heartbeat));
+        sim
+    }
+
+    /// Root actions taken by a candidate that did not lead at the time (must be 0).
+    pub fn stale_root_actions(&self) -> u64 {
+        self.stale_root_actions
+    }
+
+    /// The candidate the group's model says leads, and its term.
+    pub fn group_leader(&self) -> Option<(NodeId, u64)> {
+        let group = self.group.as_ref()?;
+        group.leader.map(|l| (l, group.term))
+    }
+
+    /// Elections won so far.
+    pub fn elections(&self) -> u64 {
+        self.group.as_ref().map_or(0, |g| g.elections)
+    }
+
+    /// Candidates that serve as root right now and are not paused.
+    pub fn acting_roots(&self) -> Vec<NodeId> {
+        let candidates = self.roots.len() as NodeId;
+        (1..=candidates)
+            .filter(|&id| !self.is_paused(id))
+            .filter(|&id| self.node(id).is_some_and(|n| n.is_serving_root()))
+            .collect()
+    }
+
+    /// Stops a node as SIGSTOP would: it handles nothing until [`Sim::resume`], and what
+    /// arrives meanwhile waits for it.
+    pub fn pause(&mut self, node: NodeId) {
+        if let Some(slot) = self.paused.get_mut((node - 1) as usize) {
+            slot.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Wakes a paused node: everything that arrived meanwhile is handed to it now, in order.
+    pub fn resume(&mut self, node: NodeId) {
+        let held = self
+            .paused
+            .get_mut((node - 1) as usize)
+            .and_then(Option::take)
+            .unwrap_or_default();
+        let now = self.now;
+        for event in held {
+            self.schedule(now, event);
+        }
+    }
+
+    pub fn is_paused(&self, node: NodeId) -> bool {
+        node >= 1
+            && self
+                .paused
+                .get((node - 1) as usize)
+                .is_some_and(Option::is_some)
+    }
+
+    /// Starts a crashed root candidate again, as a fresh process (its group state is the
+    /// model's).
+    pub fn restart(&mut self, node: NodeId) {
+        let Some(reign) = self.group.as_ref().map(|g| g.spec.reign()) else {
+            return;
+        };
+        let fresh = Node::new(
+            node,
+            Role::Root,
+            "",
+            "",
+            Arc::clone(&self.config),
+            Arc::clone(&self.roots),
+            mix(self.seed ^ mix(node) ^ mix(self.events_processed)),
+        )
+        .replicated(reign);
+        if let Some(slot) = self.slot(node) {
+            *slot = Some(fresh);
+        }
+        self.schedule(self.now, Event::Input(node, Input::Start));
     }
 
     /// Records every multicast copy sent (for tests; costs memory).
@@ -145,11 +254,12 @@ impl Sim {
     /// root (id 1).
     pub fn add_node(&mut self, role: Role, region: &str, start_at: Time) -> NodeId {
         let id = self.nodes.len() as NodeId + 1;
+        let candidates = self.roots.len() as NodeId;
         assert!(
-            (id == 1) == (role == Role::Root),
-            "the first node, and only it, is the root"
+            (id <= candidates) == (role == Role::Root),
+            "the first nodes, and only they, are the root candidates"
         );
-        let node = Node::new(
+        let mut node = Node::new(
             id,
             role,
             region,
@@ -158,7 +268,11 @@ impl Sim {
             Arc::clone(&self.roots),
             mix(self.seed ^ mix(id)),
         );
+        if let (Some(group), Role::Root) = (&self.group, role) {
+            node = node.replicated(group.spec.reign());
+        }
         self.nodes.push(Some(node));
+        self.paused.push(None);
         self.counters.push(NodeCounters::default());
         self.schedule(start_at.max(self.now), Event::Input(id, Input::Start));
         id
@@ -282,7 +396,23 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Event) {
+        let target = match &event {
+            Event::Message { to, .. } => Some(*to),
+            Event::Wake(id) | Event::Input(id, _) => Some(*id),
+            Event::Group(_) => None,
+        };
+        if let Some(held) = target
+            .and_then(|id| self.paused.get_mut((id - 1) as usize))
+            .and_then(Option::as_mut)
+        {
+            held.push(event);
+            return;
+        }
         let (id, input) = match event {
+            Event::Group(group_event) => {
+                self.on_group_event(group_event);
+                return;
+            }
             Event::Message { from, to, msg } => {
                 if !self.is_alive(to) {
                     self.messages_lost += 1;
@@ -311,8 +441,62 @@ impl Sim {
         self.outputs = outputs;
     }
 
+    fn on_group_event(&mut self, event: GroupEvent) {
+        let Some(mut group) = self.group.take() else {
+            return;
+        };
+        let up = |id: NodeId| self.is_alive(id) && !self.is_paused(id);
+        let now = self.now;
+        let actions = match event {
+            GroupEvent::Heartbeat => group.heartbeat(now, &up),
+            GroupEvent::Vote { candidate, term } => group.vote(candidate, term, now, &up),
+            GroupEvent::Commit {
+                node,
+                term,
+                reign,
+                what,
+            } => group.commit(node, term, reign, what, &self.config, &up),
+        };
+        self.group = Some(group);
+        self.carry_out(actions);
+    }
+
+    fn carry_out(&mut self, actions: GroupActions) {
+        let now = self.now;
+        for (node, input) in actions.inputs {
+            self.schedule(now, Event::Input(node, input));
+        }
+        for (after, event) in actions.later {
+            self.schedule(now + after, Event::Group(event));
+        }
+    }
+
+    /// Counts a root action by a candidate the group does not consider its leader.
+    fn check_root_action(&mut self, from: NodeId, output: &Output) {
+        let Some(group) = &self.group else {
+            return;
+        };
+        let root_action = match output {
+            Output::Propose { .. } => true,
+            Output::Send { msg, .. } => matches!(
+                msg.body,
+                Some(
+                    Body::AdoptChild(_)
+                        | Body::AssignParent(_)
+                        | Body::Cull(_)
+                        | Body::ReleaseChild(_)
+                )
+            ),
+            _ => false,
+        };
+        if root_action && group.is_candidate(from) && group.leader != Some(from) {
+            self.stale_root_actions += 1;
+        }
+    }
+
     fn apply(&mut self, from: NodeId, output: Output) {
         let index = (from - 1) as usize;
+        self.check_root_action(from, &output);
         match output {
             Output::Send { to, msg } => {
                 if let Some(Body::Multicast(m)) = &msg.body {
@@ -341,8 +525,24 @@ impl Sim {
             }),
             // Tree events are for logs; the simulator measures through counters.
             Output::Event(_) => {}
-            // The simulated root is not replicated: its decisions commit as it makes them.
-            Output::Propose { .. } => {}
+            Output::Propose { reign, seq, change } => {
+                if let Some(group) = &self.group {
+                    let actions = group.propose(from, reign, Commit::Change { seq, change });
+                    self.carry_out(actions);
+                }
+            }
+            Output::TakeOver { reign, change } => {
+                if let Some(group) = &self.group {
+                    let actions = group.propose(from, reign, Commit::TakeOver(change));
+                    self.carry_out(actions);
+                }
+            }
+            Output::Elect { .. } => {
+                if let Some(group) = &self.group {
+                    let actions = group.on_elect(from);
+                    self.carry_out(actions);
+                }
+            }
             // The node already forgot the peer and sent it a Disconnect; a simulated link has
             // nothing more to close, the peer sees the link end.
             Output::CloseLink { peer, .. } => {

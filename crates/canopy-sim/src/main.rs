@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use canopy_sim::congestion::{self, CongestionParams, CongestionResult, Progress, Topology};
+use canopy_sim::failover::{self, FailoverParams};
 use canopy_sim::figure::{self, SizePoint};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,6 +29,19 @@ enum Command {
         /// Print one JSON object as the last stdout line.
         #[arg(long)]
         json: bool,
+    },
+    /// Kill (or pause) the replicated root's leader again and again under publishing: time to
+    /// a serving root, nodes that reattached, links changed below the root's children, and
+    /// deliveries within subtrees during each failover. Exits 2 if a goal is missed.
+    Failover {
+        #[command(flatten)]
+        params: FailoverParams,
+        /// Print one JSON object as the last stdout line.
+        #[arg(long)]
+        json: bool,
+        /// Also write failover-sim.json and failover-sim.md here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// Reproduce the root-congestion figure at sizes from 100 to `--max-size` clients.
     Figure {
@@ -75,8 +89,55 @@ fn run_one(params: &CongestionParams, topology: Topology) -> anyhow::Result<Cong
     Ok(result)
 }
 
-fn main() -> anyhow::Result<()> {
+fn run_failover(
+    params: FailoverParams,
+    json: bool,
+    out_dir: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !(0.0..=1.0).contains(&params.interest_fraction) {
+        bail!("--interest-fraction must be between 0 and 1");
+    }
+    let started = Instant::now();
+    let (bar, mut update) = progress_bar(format!("failover {}", params.clients));
+    let result = failover::run(&params, &mut update)
+        .map_err(|e| anyhow::anyhow!("failover run failed: {e}"))?;
+    bar.finish_and_clear();
+    eprintln!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    let table = failover::markdown_table(&result);
+    if !json {
+        println!("{table}");
+    }
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json_path = dir.join("failover-sim.json");
+        std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        let md_path = dir.join("failover-sim.md");
+        std::fs::write(&md_path, &table)
+            .with_context(|| format!("writing {}", md_path.display()))?;
+        eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+    }
+    let met = result.goals_met();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "goals_met": met, "result": result })
+        );
+    }
+    if !met {
+        eprintln!("a goal was missed: a link below the root's children changed, a delivery within a subtree was lost or duplicated, two roots acted at once, or a deposed root acted");
+        return Ok(std::process::ExitCode::from(2));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
+        Command::Failover {
+            params,
+            json,
+            out_dir,
+        } => return run_failover(params, json, out_dir),
         Command::Congestion { params, json } => {
             if params.clients == 0 {
                 bail!("--clients must be at least 1");
@@ -172,5 +233,5 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

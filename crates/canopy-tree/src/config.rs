@@ -116,6 +116,23 @@ pub struct ReignConfig {
 }
 
 impl ReignConfig {
+    /// The reign timers for a root group whose leader heartbeats every `heartbeat` and whose
+    /// followers refuse other candidates' votes until they have heard nothing from the
+    /// leader for `vote_lease` (openraft's `election_timeout_max`): serve only within
+    /// `vote_lease - heartbeat` of the last heartbeat a quorum accepted (stopped before any
+    /// follower's vote lease can run out), ask for an election half a heartbeat after one's
+    /// own vote lease ran out and one heartbeat after the candidate ranked before, and end a
+    /// reign whose proposal has not committed within four vote leases (at least a second:
+    /// a slow disk under load is not a lost leadership, and the lease covers that case).
+    pub fn for_raft(heartbeat: Duration, vote_lease: Duration) -> ReignConfig {
+        ReignConfig {
+            lease: vote_lease.saturating_sub(heartbeat),
+            election_after: vote_lease + heartbeat / 2,
+            election_stagger: heartbeat,
+            commit_timeout: (vote_lease * 4).max(Duration::from_secs(1)),
+        }
+    }
+
     /// Checks `0 < lease < election_after` and non-zero gaps.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
@@ -138,12 +155,7 @@ impl ReignConfig {
 impl Default for ReignConfig {
     /// openraft's default timers (heartbeat 50 ms, election 150..300 ms).
     fn default() -> Self {
-        ReignConfig {
-            lease: Duration::from_millis(200),
-            election_after: Duration::from_millis(300),
-            election_stagger: Duration::from_millis(50),
-            commit_timeout: Duration::from_millis(200),
-        }
+        ReignConfig::for_raft(Duration::from_millis(50), Duration::from_millis(300))
     }
 }
 

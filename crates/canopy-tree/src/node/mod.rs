@@ -394,6 +394,11 @@ impl Node {
         self.parent.as_ref().map(|p| p.id)
     }
 
+    /// The assignment id of the link to the parent, if attached.
+    pub fn parent_assignment(&self) -> Option<u64> {
+        self.parent.as_ref().map(|p| p.assignment_id)
+    }
+
     /// Whether a join request is outstanding.
     pub fn is_joining(&self) -> bool {
         self.joining.is_some()
