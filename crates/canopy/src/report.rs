@@ -114,5 +114,8 @@ pub fn diff(now: &NodeCounters, before: Option<&NodeCounters>) -> NodeCounters {
         send_failures: d(now.send_failures, b.send_failures),
         proposals: d(now.proposals, b.proposals),
         root_actions_released: d(now.root_actions_released, b.root_actions_released),
+        elections_asked: d(now.elections_asked, b.elections_asked),
+        became_root: d(now.became_root, b.became_root),
+        stepped_down: d(now.stepped_down, b.stepped_down),
     }
 }
