@@ -210,7 +210,7 @@ impl Runtime {
         match event {
             CandidateEvent::Check => {
                 self.follow_committed_revocations();
-                self.check_leadership();
+                self.relay_leadership();
             }
             CandidateEvent::Report(report) => self.on_report(report),
         }
@@ -240,7 +240,7 @@ impl Runtime {
     }
 
     /// Relays the group's news, with this candidate's own evidence of it.
-    fn check_leadership(&mut self) {
+    pub(crate) fn relay_leadership(&mut self) {
         let Some(candidate) = self.candidate.as_ref() else {
             return;
         };

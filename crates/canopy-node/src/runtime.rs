@@ -524,6 +524,9 @@ impl Runtime {
                 },
                 () = sleep => {
                     self.wake = None;
+                    // A candidate's timed decisions (an election, the lease) are taken on
+                    // the freshest news of the group, not the last periodic relay's.
+                    self.relay_leadership();
                     self.handle(Input::Tick);
                 }
                 event = candidate_event => self.on_candidate_event(event),

@@ -522,10 +522,10 @@ mod tests {
         let mut config = GroupConfig::new(1, "/nonexistent");
         config.snapshot_every = 10;
         let raft = openraft_config(&config).expect("valid");
-        assert_eq!(raft.heartbeat_interval, 100);
+        assert_eq!(raft.heartbeat_interval, 50);
         assert_eq!(
             (raft.election_timeout_min, raft.election_timeout_max),
-            (400, 800)
+            (150, 300)
         );
         assert_eq!(raft.snapshot_policy, SnapshotPolicy::LogsSinceLast(10));
         assert_eq!(raft.max_in_snapshot_log_to_keep, 10);

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 /// Election/heartbeat timers. [`RaftTimers::lan`] (the default): heartbeat 50 ms, election
-/// 150..300 ms (openraft's defaults). [`RaftTimers::wan`]: heartbeat 300 ms, election
-/// 900..1200 ms, for candidates in different regions with round trips up to ~150 ms.
+/// 150..300 ms (openraft's defaults). [`RaftTimers::wan`]: heartbeat 250 ms, election
+/// 750..1000 ms, for candidates in different regions with round trips up to ~150 ms.
 ///
 /// A follower refuses to vote for anyone else until it has heard nothing from the leader
 /// for `election_max` (openraft's leader lease), so that is the least time a failover can
@@ -33,13 +33,13 @@ impl RaftTimers {
     }
 
     /// Timers for candidates spread over regions, round trips up to ~150 ms: the heartbeat
-    /// (which is also each AppendEntries' time to complete) twice the round trip, the vote
-    /// lease four heartbeats, so one or two lost heartbeats never depose a leader.
+    /// (which is also each AppendEntries' time to complete) 100 ms above the round trip, the
+    /// vote lease four heartbeats, so two lost heartbeats never depose a leader.
     pub fn wan() -> Self {
         RaftTimers {
-            heartbeat: Duration::from_millis(300),
-            election_min: Duration::from_millis(900),
-            election_max: Duration::from_millis(1200),
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(750),
+            election_max: Duration::from_millis(1000),
         }
     }
 

@@ -155,6 +155,10 @@ fn tops(
     top
 }
 
+fn same_subtree(top: &HashMap<NodeId, NodeId>, a: NodeId, b: NodeId) -> bool {
+    top.get(&a).is_some_and(|ta| top.get(&b) == Some(ta))
+}
+
 /// Checks the live tree's structure under the serving root (followers are left out).
 pub fn check(
     sim: &Sim,
@@ -254,7 +258,7 @@ pub fn run(
                 if receiver == origin {
                     continue;
                 }
-                if top.get(&receiver).is_some() && top.get(&receiver) == top.get(&origin) {
+                if same_subtree(&top, origin, receiver) {
                     owed.0 += 1;
                 } else {
                     owed.1 += 1;
@@ -303,9 +307,7 @@ pub fn run(
                 }
                 if !seen.insert((d.origin, d.origin_seq, d.receiver)) {
                     duplicates += 1;
-                } else if top.get(&d.receiver).is_some()
-                    && top.get(&d.receiver) == top.get(&d.origin)
-                {
+                } else if same_subtree(&top, d.origin, d.receiver) {
                     within += 1;
                 } else {
                     across += 1;

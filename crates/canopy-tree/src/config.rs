@@ -121,14 +121,15 @@ impl ReignConfig {
     /// leader for `vote_lease` (openraft's `election_timeout_max`): serve only within
     /// `vote_lease - heartbeat` of the last heartbeat a quorum accepted (stopped before any
     /// follower's vote lease can run out), ask for an election half a heartbeat after one's
-    /// own vote lease ran out and one heartbeat after the candidate ranked before, and end a
+    /// own vote lease ran out and two heartbeats after the candidate ranked before (its vote
+    /// may need a connection set up first: two round trips), and end a
     /// reign whose proposal has not committed within four vote leases (at least a second:
     /// a slow disk under load is not a lost leadership, and the lease covers that case).
     pub fn for_raft(heartbeat: Duration, vote_lease: Duration) -> ReignConfig {
         ReignConfig {
             lease: vote_lease.saturating_sub(heartbeat),
             election_after: vote_lease + heartbeat / 2,
-            election_stagger: heartbeat,
+            election_stagger: heartbeat * 2,
             commit_timeout: (vote_lease * 4).max(Duration::from_secs(1)),
         }
     }

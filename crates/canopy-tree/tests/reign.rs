@@ -390,3 +390,32 @@ fn a_restarted_candidate_waits_a_whole_vote_lease_before_asking() {
     let out = fresh.handle(Input::Tick, start + reign().election_after * 2);
     assert_eq!(elections(&out), 1, "{out:?}");
 }
+
+#[test]
+fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_reign() {
+    let mut net = serving_tree();
+    let top = net.child_ids(1);
+    net.crash(1);
+    net.auto_commit.clear();
+    // 2 takes over and places the old root's children under itself at once; it dies before
+    // those placements commit (only its NewRoot did).
+    net.elect(2);
+    net.run();
+    for &child in &top {
+        assert_eq!(net.parent(child), Some(2), "child {child}");
+    }
+    net.crash(2);
+    // 3 takes over from the committed log, in which the children still carry 1's ids.
+    net.auto_commit.insert(3);
+    net.elect(3);
+    net.run();
+    for &child in &top {
+        assert_eq!(
+            net.parent(child),
+            Some(3),
+            "child {child} obeys the later reign: {:?}",
+            net.events_of(child)
+        );
+    }
+    assert!(net.node(3).children().all(|c| c.attached));
+}

@@ -274,14 +274,15 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
         } => {
             assert_eq!((*node, *role, *parent), (10, Role::Router, 1));
             assert_eq!((region.as_str(), address.as_str()), (REGION, ""));
-            assert_eq!(*assignment_id, 1);
+            // The first reign is at epoch 1: its ids start above every earlier epoch's.
+            assert_eq!(*assignment_id, 1 << 40);
         }
         other => panic!("expected an Assign, got {other:?}"),
     }
     assert!(events(&out).contains(&TreeEvent::Placed {
         node: 10,
         parent: 1,
-        assignment_id: 1
+        assignment_id: 1 << 40
     }));
     assert!(sends(&out).is_empty(), "nothing is sent before the commit");
     assert!(!events(&out)
@@ -302,7 +303,7 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
     let out = out.expect("delivered");
     let proposed = proposals(&out);
     assert_eq!(proposed.iter().map(|p| p.0).collect::<Vec<_>>(), vec![2]);
-    assert_eq!(assign_of(&proposed[0].1), (11, 1, 2));
+    assert_eq!(assign_of(&proposed[0].1), (11, 1, (1 << 40) + 1));
     assert!(sends(&out).is_empty());
     assert_eq!(net.node(1).held_actions(), 2);
     assert!(net.queue.is_empty());
@@ -319,7 +320,10 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
     assert_eq!(sends(&out).len(), 1, "{out:?}");
     assert_eq!(assigns.len(), 1);
     assert_eq!(assigns[0].0, 10);
-    assert_eq!((assigns[0].1.parent_id, assigns[0].1.assignment_id), (1, 1));
+    assert_eq!(
+        (assigns[0].1.parent_id, assigns[0].1.assignment_id),
+        (1, 1 << 40)
+    );
     assert_eq!(assigns[0].1.topology_epoch, 1);
     assert_eq!(released(&out), Some(1));
     assert!(events(&out).contains(&TreeEvent::ChildAdopted { child: 10 }));
@@ -350,7 +354,7 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
     let assigns = sent(&out, assign_parent);
     assert_eq!(sends(&out).len(), 1, "{out:?}");
     assert_eq!(assigns[0].0, 11);
-    assert_eq!(assigns[0].1.assignment_id, 2);
+    assert_eq!(assigns[0].1.assignment_id, (1 << 40) + 1);
     assert_eq!(released(&out), Some(1));
     assert_eq!(net.node(1).held_actions(), 0);
 
@@ -903,7 +907,9 @@ fn after_the_leader_crashes_the_new_leader_takes_its_subtrees_as_they_are() {
         }
     }
     assert_eq!(view.epoch, old_view.epoch + 1);
-    assert_eq!(view.max_assignment(), old_view.max_assignment() + 2);
+    // The new reign's ids start above anything the old reign could have handed out.
+    assert_eq!(view.max_assignment(), (view.epoch << 40) + 1);
+    assert!(view.max_assignment() > old_view.max_assignment());
     assert_eq!(
         view.get(2).map(|e| e.children().collect()),
         Some(vec![10, 11])

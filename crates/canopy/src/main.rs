@@ -77,9 +77,14 @@ fn init_logging(default: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Run { .. });
-    // openraft warns about every RPC to a dead candidate; the failover bench kills them.
-    init_logging(if quiet { "warn,openraft=error" } else { "info" });
+    // openraft logs every RPC to a dead candidate as an error, and the benches kill
+    // candidates and links on purpose: they print only errors of their own, the other
+    // commands warnings too. CANOPY_LOG overrides.
+    init_logging(match cli.command {
+        Command::Run { .. } => "info",
+        Command::Bench { .. } => "error,openraft=off",
+        _ => "warn,openraft=error",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -88,7 +88,43 @@ impl LocalCluster {
                 Err(e) => return Err(e),
             }
         };
-        self.spawn_candidate(endpoint, events, group)
+        let node = self.spawn_candidate(endpoint, events, group)?;
+        self.route_through_relays(id);
+        Ok(node)
+    }
+
+    /// Puts `rtt` of delay (half each way) between every two root candidates: each one's
+    /// Raft traffic to another goes through a [`super::UdpRelay`]. Tree links (routers and
+    /// clients to the root) stay direct. Kept across restarts.
+    pub async fn delay_between_candidates(&mut self, rtt: Duration) -> anyhow::Result<()> {
+        self.candidate_relays.clear();
+        for from in &self.roots {
+            for to in &self.roots {
+                if from.id == to.id {
+                    continue;
+                }
+                let target: SocketAddr = to.address.parse()?;
+                let relay = super::UdpRelay::start(target, rtt / 2).await?;
+                self.candidate_relays.insert((from.id, to.id), relay);
+            }
+        }
+        let ids: Vec<NodeId> = self.roots.iter().map(|r| r.id).collect();
+        for id in ids {
+            self.route_through_relays(id);
+        }
+        Ok(())
+    }
+
+    /// Makes candidate `id` dial the other candidates through its relays, if there are any.
+    fn route_through_relays(&self, id: NodeId) {
+        let Some(group) = self.node(id).and_then(|n| n.handle.group()) else {
+            return;
+        };
+        for (&(from, to), relay) in &self.candidate_relays {
+            if from == id {
+                group.set_peer_address(to, Some(relay.address().to_string()));
+            }
+        }
     }
 
     /// The root candidates (id and address).

@@ -19,6 +19,9 @@ use crate::{spawn_node, Delivery, NodeHandle, NodeStatus};
 
 mod candidates;
 mod kv;
+mod relay;
+
+pub use relay::UdpRelay;
 
 pub use kv::LocalKvClient;
 
@@ -120,6 +123,8 @@ pub struct LocalCluster {
     deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// The group key material every client of this cluster holds (routers never do).
     group_keys: canopy_kv::GroupKeys,
+    /// Relays between root candidates, by (from, to), when their links are delayed.
+    candidate_relays: BTreeMap<(NodeId, NodeId), UdpRelay>,
     kv_clients: Vec<LocalKvClient>,
 }
 
@@ -154,6 +159,7 @@ impl LocalCluster {
             deliveries,
             group_keys: canopy_kv::GroupKeys::generate()?,
             kv_clients: Vec::new(),
+            candidate_relays: BTreeMap::new(),
         };
         let mut endpoints = Vec::new();
         for id in (ROOT_ID..).take(cluster.spec.candidates) {

@@ -20,7 +20,7 @@ use canopy_proto::v1::{disconnect::Reason, Disconnect};
 use canopy_proto::Body;
 use rand::Rng;
 
-use super::root::{HeldAction, RootState};
+use super::root::RootState;
 use super::Node;
 use crate::io::{DropReason, Output, StepDownReason, TreeEvent};
 use crate::{NodeId, ReignConfig, Role, Time, TreeView, ViewChange};
@@ -349,14 +349,12 @@ impl Node {
         };
         self.root_decide(change, now, out);
         let grant = self.placement_grant(child, self.id, self.address.clone(), assignment_id, now);
-        let action = HeldAction::Adopt {
-            child,
-            role,
-            address,
-            assignment_id,
-            grant,
-        };
-        self.root_after_commit(action, now, out);
+        // Not held for the commit: the move changes no structure (the committed NewRoot
+        // already put the child under this root), the lease shows this root still leads,
+        // and its id is above anything a later reign's view can hold (see
+        // `reign_assignment_base`), so if this reign ends before the commit, the next
+        // reign's placement still wins. Waiting would add a commit round to every failover.
+        self.adopt(child, role, address, assignment_id, grant, now, out);
     }
 
     /// Answers for another reign than the current one are stale.

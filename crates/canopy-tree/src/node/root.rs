@@ -53,10 +53,19 @@ pub(super) struct RootState {
     held: VecDeque<(u64, Vec<HeldAction>)>,
 }
 
+/// The lowest assignment id a reign at topology `epoch` hands out. Assignments of a reign
+/// at an earlier epoch are all below it, committed or not, so a node placed by a reign that
+/// was deposed before its decision committed still obeys the next reign's placement.
+pub(super) fn reign_assignment_base(epoch: u64) -> u64 {
+    epoch.saturating_mul(1 << 40)
+}
+
 impl RootState {
     pub(super) fn new(view: TreeView, now: Time, config: &TreeConfig, reign: Option<u64>) -> Self {
         RootState {
-            next_assignment: view.max_assignment() + 1,
+            // A reign's ids start above any a deposed reign may have handed out without its
+            // commit (each takeover raises the epoch): see `reign_assignment_base`.
+            next_assignment: (view.max_assignment() + 1).max(reign_assignment_base(view.epoch)),
             view,
             next_rebalance: now + config.rebalance_interval,
             reign,
