@@ -827,6 +827,12 @@ fn log_event(node: NodeId, event: &TreeEvent) {
             info!(node, parent, ?previous, "attached to parent")
         }
         TreeEvent::Orphaned { previous } => info!(node, previous, "parent lost; rejoining"),
+        TreeEvent::BecameRoot { epoch, reassigned } => {
+            info!(node, epoch, reassigned, "serving as root")
+        }
+        TreeEvent::SteppedDown { leader, reason } => {
+            info!(node, ?leader, ?reason, "stepped down as root")
+        }
         TreeEvent::ChildRemoved { child, reason } => info!(node, child, ?reason, "child removed"),
         TreeEvent::Dropped {
             from,

@@ -419,3 +419,45 @@ fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_re
     }
     assert!(net.node(3).children().all(|c| c.attached));
 }
+
+#[test]
+fn a_candidate_cannot_take_over_a_node_below_the_roots_children() {
+    let mut net = serving_tree();
+    // A client two levels down (its parent is a router, not the root).
+    let deep = (100..=107)
+        .find(|&c| net.parent(c).is_some_and(|p| p != 1))
+        .expect("a client under a router");
+    let parent = net.parent(deep);
+    let epoch = net.node(deep).epoch();
+    // Candidate 3, which does not serve, claims a takeover at a later epoch.
+    let grant = canopy_tree::placement_grant_at_epoch(
+        3,
+        deep,
+        3,
+        candidate_address(3),
+        u64::MAX / 2,
+        net.now,
+        epoch + 1,
+    );
+    let out = net.inject(
+        3,
+        deep,
+        Body::AssignParent(canopy_tree::proto::v1::AssignParent {
+            child_id: deep,
+            parent_id: 3,
+            parent_address: candidate_address(3),
+            assignment_id: u64::MAX / 2,
+            topology_epoch: epoch + 1,
+            grant: Some(grant),
+        }),
+    );
+    assert!(
+        events(&out).contains(&TreeEvent::Dropped {
+            from: 3,
+            kind: "assign_parent",
+            reason: canopy_tree::DropReason::Unauthorized,
+        }),
+        "{out:?}"
+    );
+    assert_eq!(net.parent(deep), parent);
+}

@@ -107,8 +107,15 @@ impl Node {
         // later topology epoch than any this node has seen became the root after the one it
         // follows (every `NewRoot` raises the epoch).
         let root = placement.root_id;
+        // Only the root's direct children (or a node without a parent) can be taken over:
+        // deeper nodes learn the new root from their parents and never move.
+        let under_root = self
+            .parent
+            .as_ref()
+            .is_none_or(|p| self.is_root_candidate(p.id));
         let takeover = placement.parent_id == root
             && self.is_root_candidate(root)
+            && under_root
             && placement.topology_epoch > self.epoch;
         let follows = self.leader().is_some_and(|r| r.id == root)
             || self
