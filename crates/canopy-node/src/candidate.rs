@@ -6,6 +6,8 @@
 //! the tree core's (`canopy_tree`'s reigns); this module only moves news and answers. Every
 //! answer carries the reign it belongs to, and the node ignores answers for another reign.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_net::Identity;
@@ -73,6 +75,9 @@ impl CandidateChannels {
 
 pub(crate) struct Candidate {
     group: RootGroup,
+    /// The reign the node serves in (0: none). A proposer drops what its reign queued once
+    /// that reign has ended, so an ended reign's changes never commit behind the next one.
+    serving_reign: Arc<AtomicU64>,
     reports: mpsc::UnboundedSender<Report>,
     /// The proposer of the reign that proposed last.
     proposer: Option<(u64, mpsc::UnboundedSender<(u64, ViewChange)>)>,
@@ -96,6 +101,7 @@ impl Candidate {
         };
         let candidate = Candidate {
             group,
+            serving_reign: Arc::new(AtomicU64::new(0)),
             reports: reports_tx,
             proposer: None,
             revocations_seen: 0,
@@ -107,13 +113,19 @@ impl Candidate {
         self.group.on_link_closed(peer);
     }
 
+    /// Records the reign the node serves in after each input (0 when it does not serve).
+    pub(crate) fn set_serving_reign(&self, reign: u64) {
+        self.serving_reign.store(reign, Ordering::SeqCst);
+    }
+
     /// Queues a change of `reign` for commit; each reign's proposer commits in order, in
     /// batches. A new reign's first proposal retires the previous reign's proposer.
     pub(crate) fn propose(&mut self, reign: u64, seq: u64, change: ViewChange) {
         if self.proposer.as_ref().is_none_or(|(r, _)| *r != reign) {
             let (tx, rx) = mpsc::unbounded_channel();
             let (group, reports) = (self.group.clone(), self.reports.clone());
-            tokio::spawn(run_proposer(reign, group, rx, reports));
+            let serving = self.serving_reign.clone();
+            tokio::spawn(run_proposer(reign, serving, group, rx, reports));
             self.proposer = Some((reign, tx));
         }
         let queued = self
@@ -155,6 +167,7 @@ impl Candidate {
 /// (by count and by encoded size, so no batch is ever refused for its size).
 async fn run_proposer(
     reign: u64,
+    serving: Arc<AtomicU64>,
     group: RootGroup,
     mut queue: mpsc::UnboundedReceiver<(u64, ViewChange)>,
     reports: mpsc::UnboundedSender<Report>,
@@ -185,6 +198,10 @@ async fn run_proposer(
                 }
                 Err(_) => break,
             }
+        }
+        if serving.load(Ordering::SeqCst) != reign {
+            // The reign ended: what it decided and did not commit is dropped with it.
+            return;
         }
         let report = match group.propose(batch).await {
             Ok(_) => Report::Committed { reign, up_to },

@@ -237,6 +237,8 @@ pub struct RootCandidateConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TimerConfig {
     pub heartbeat_ms: u64,
+    /// How often a serving root heartbeats its own children.
+    pub root_heartbeat_ms: u64,
     pub child_timeout_ms: u64,
     pub parent_timeout_ms: u64,
     pub join_timeout_ms: u64,
@@ -252,6 +254,7 @@ impl Default for TimerConfig {
         let ms = |d: Duration| d.as_millis() as u64;
         TimerConfig {
             heartbeat_ms: ms(tree.heartbeat_interval),
+            root_heartbeat_ms: ms(tree.root_heartbeat_interval),
             child_timeout_ms: ms(tree.child_timeout),
             parent_timeout_ms: ms(tree.parent_timeout),
             join_timeout_ms: ms(tree.join_timeout),
@@ -369,6 +372,7 @@ impl NodeConfig {
         let ms = Duration::from_millis;
         let tree = TreeConfig {
             heartbeat_interval: ms(t.heartbeat_ms),
+            root_heartbeat_interval: ms(t.root_heartbeat_ms),
             child_timeout: ms(t.child_timeout_ms),
             parent_timeout: ms(t.parent_timeout_ms),
             join_timeout: ms(t.join_timeout_ms),
@@ -390,6 +394,7 @@ impl NodeConfig {
                 }
                 E::BadFpRate => "tree.filter_fp_rate",
                 E::LeaseTooLong => "raft.election_max_ms",
+                E::RootHeartbeatTooLong => "timers.root_heartbeat_ms",
             };
             (key, e.to_string())
         })?;
@@ -401,6 +406,7 @@ impl NodeConfig {
 fn config_key(setting: &str) -> &'static str {
     match setting {
         "heartbeat_interval" => "timers.heartbeat_ms",
+        "root_heartbeat_interval" => "timers.root_heartbeat_ms",
         "child_timeout" => "timers.child_timeout_ms",
         "parent_timeout" => "timers.parent_timeout_ms",
         "join_timeout" => "timers.join_timeout_ms",

@@ -471,6 +471,10 @@ impl Runtime {
         let mut outputs = std::mem::take(&mut self.outputs);
         let now = self.now();
         self.node.handle_into(input, now, &mut outputs);
+        if let Some(candidate) = &self.candidate {
+            let serving = self.node.is_serving_root().then(|| self.node.reign());
+            candidate.set_serving_reign(serving.unwrap_or(0));
+        }
         for output in outputs.drain(..) {
             self.apply(output);
         }

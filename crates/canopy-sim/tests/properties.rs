@@ -20,6 +20,7 @@ fn ms(n: u64) -> Duration {
 fn fast_config(max_child_routers: usize, max_clients: usize) -> TreeConfig {
     TreeConfig {
         heartbeat_interval: ms(200),
+        root_heartbeat_interval: ms(100),
         child_timeout: ms(700),
         parent_timeout: ms(700),
         join_timeout: ms(400),

@@ -7,6 +7,11 @@ use std::time::Duration;
 pub struct TreeConfig {
     /// How often a node heartbeats its parent and each child.
     pub heartbeat_interval: Duration,
+    /// How often a serving root heartbeats its own children (at most `heartbeat_interval`).
+    /// A child of the root that has heard nothing from it for twice this long accepts a
+    /// takeover placement from another candidate; keep that below the root group's vote
+    /// lease minus a Raft heartbeat, or a new root's placements wait for the parent timeout.
+    pub root_heartbeat_interval: Duration,
     /// A child not heard from for this long is dropped by its parent.
     pub child_timeout: Duration,
     /// A node not hearing from its parent for this long rejoins through the root.
@@ -78,6 +83,7 @@ impl Default for TreeConfig {
     fn default() -> Self {
         TreeConfig {
             heartbeat_interval: Duration::from_millis(1000),
+            root_heartbeat_interval: Duration::from_millis(100),
             child_timeout: Duration::from_millis(3500),
             parent_timeout: Duration::from_millis(3500),
             join_timeout: Duration::from_millis(2000),
@@ -172,6 +178,9 @@ pub enum ConfigError {
     /// A shape limit is zero.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// The root's heartbeat to its children is slower than every node's heartbeat.
+    #[error("root_heartbeat_interval must not be longer than heartbeat_interval")]
+    RootHeartbeatTooLong,
     /// A leader's lease is not shorter than the followers' vote lease.
     #[error("the leader lease must be shorter than election_after")]
     LeaseTooLong,
@@ -185,6 +194,7 @@ impl TreeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let timers = [
             ("heartbeat_interval", self.heartbeat_interval),
+            ("root_heartbeat_interval", self.root_heartbeat_interval),
             ("child_timeout", self.child_timeout),
             ("parent_timeout", self.parent_timeout),
             ("join_timeout", self.join_timeout),
@@ -204,6 +214,9 @@ impl TreeConfig {
             if value <= self.heartbeat_interval {
                 return Err(ConfigError::TimeoutTooShort(name));
             }
+        }
+        if self.root_heartbeat_interval > self.heartbeat_interval {
+            return Err(ConfigError::RootHeartbeatTooLong);
         }
         if self.max_child_routers == 0 {
             return Err(ConfigError::ZeroLimit("max_child_routers"));

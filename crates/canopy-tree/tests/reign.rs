@@ -396,6 +396,8 @@ fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_re
     let mut net = serving_tree();
     let top = net.child_ids(1);
     net.crash(1);
+    // An election comes a vote lease after the leader's silence began.
+    net.advance(ms(200));
     net.auto_commit.clear();
     // 2 takes over and places the old root's children under itself at once; it dies before
     // those placements commit (only its NewRoot did).
@@ -405,6 +407,7 @@ fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_re
         assert_eq!(net.parent(child), Some(2), "child {child}");
     }
     net.crash(2);
+    net.advance(ms(200));
     // 3 takes over from the committed log, in which the children still carry 1's ids.
     net.auto_commit.insert(3);
     net.elect(3);

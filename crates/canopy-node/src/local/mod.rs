@@ -77,6 +77,7 @@ pub fn fast_tree_config() -> TreeConfig {
     let ms = Duration::from_millis;
     TreeConfig {
         heartbeat_interval: ms(200),
+        root_heartbeat_interval: ms(100),
         child_timeout: ms(1200),
         parent_timeout: ms(1200),
         join_timeout: ms(500),

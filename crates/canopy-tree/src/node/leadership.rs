@@ -116,11 +116,8 @@ impl Node {
             .is_some_and(|r| r.phase == Phase::Serving && !r.lease_holds(now));
         if expired {
             let leader = self.reign.as_ref().and_then(|r| r.leader);
-            self.end_reign(
-                leader.filter(|&l| l != self.id),
-                StepDownReason::LeaseExpired,
-                out,
-            );
+            let leader = leader.filter(|&l| l != self.id);
+            self.end_reign(leader, StepDownReason::LeaseExpired, true, out);
         }
     }
 
@@ -152,8 +149,10 @@ impl Node {
             reign.next_election = None;
             let lease_holds = reign.lease_holds(now);
             if reign.phase != Phase::Idle && reign.reign_term != term {
-                // Elected again: what the last reign proposed may not survive the new term.
-                self.end_reign(None, StepDownReason::NotLeader, out);
+                // Elected again: what the last reign proposed may not survive the new term,
+                // so a new reign begins. The children stay: the new reign places them under
+                // this node again with new assignments, without a disconnect.
+                self.end_reign(None, StepDownReason::NotLeader, false, out);
             }
             let Some(reign) = self.reign.as_mut() else {
                 return;
@@ -161,13 +160,13 @@ impl Node {
             match reign.phase {
                 Phase::Idle if lease_holds => self.begin_reign(now, out),
                 Phase::Becoming { .. } | Phase::Serving if !lease_holds => {
-                    self.end_reign(None, StepDownReason::LeaseExpired, out);
+                    self.end_reign(None, StepDownReason::LeaseExpired, true, out);
                 }
                 _ => {}
             }
         } else {
-            if reign.phase != Phase::Idle {
-                self.end_reign(leader, StepDownReason::NotLeader, out);
+            if reign.phase != Phase::Idle || !self.children.is_empty() {
+                self.end_reign(leader, StepDownReason::NotLeader, true, out);
             }
             self.follow(leader);
             self.schedule_election();
@@ -222,7 +221,7 @@ impl Node {
         };
         if let Phase::Becoming { since } = reign.phase {
             if now >= since + reign.config.commit_timeout {
-                self.end_reign(None, StepDownReason::CommitFailed, out);
+                self.end_reign(None, StepDownReason::CommitFailed, true, out);
                 return;
             }
         }
@@ -232,7 +231,7 @@ impl Node {
             .and_then(|r| r.oldest_uncommitted())
             .is_some_and(|since| now >= since + self.reign_commit_timeout());
         if overdue {
-            self.end_reign(None, StepDownReason::CommitFailed, out);
+            self.end_reign(None, StepDownReason::CommitFailed, true, out);
             return;
         }
         let Some(reign) = self.reign.as_mut() else {
@@ -284,17 +283,22 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let id = self.id;
-        let expected = self.reign.as_ref().is_some_and(|r| {
-            r.reign == number && matches!(r.phase, Phase::Becoming { .. }) && r.lease_holds(now)
-        });
-        if !expected || !self.role.is_root() || view.root() != id {
+        let becoming = self
+            .reign
+            .as_ref()
+            .is_some_and(|r| r.reign == number && matches!(r.phase, Phase::Becoming { .. }));
+        let lease_holds = self.reign.as_ref().is_some_and(|r| r.lease_holds(now));
+        if !becoming || !lease_holds || !self.role.is_root() || view.root() != id {
             self.dropped(id, "become_root", DropReason::UnexpectedMessage, out);
+            if becoming {
+                // This reign cannot serve: the next news begins another.
+                self.end_reign(None, StepDownReason::LeaseExpired, true, out);
+            }
             return;
         }
         if let Some(reign) = self.reign.as_mut() {
             reign.phase = Phase::Serving;
         }
-        self.release_children(out);
         self.epoch = self.epoch.max(view.epoch);
         let returning: Vec<(NodeId, Role, String, String)> = view
             .get(id)
@@ -306,6 +310,14 @@ impl Node {
                     .map(|e| (c, e.role, e.region.clone(), e.address.clone()))
             })
             .collect();
+        // Children kept from this node's previous reign stay if the view still has them
+        // here (they are placed again below); any others go.
+        let stray: Vec<NodeId> = self
+            .child_ids()
+            .into_iter()
+            .filter(|c| !returning.iter().any(|r| r.0 == *c))
+            .collect();
+        self.release(&stray, out);
         // A child that never answers its new assignment is removed after the child timeout,
         // like any silent child.
         self.root = Some(Box::new(RootState::new(
@@ -368,26 +380,40 @@ impl Node {
             .as_ref()
             .is_some_and(|r| r.reign == number && r.phase != Phase::Idle);
         if active {
-            self.end_reign(None, StepDownReason::CommitFailed, out);
+            self.end_reign(None, StepDownReason::CommitFailed, true, out);
         }
     }
 
     /// Stops serving (or trying to): held actions are dropped (their changes may never
-    /// commit) and the children are told to rejoin through the leader.
-    fn end_reign(&mut self, leader: Option<NodeId>, reason: StepDownReason, out: &mut Vec<Output>) {
+    /// commit) and, with `release`, the children are told to rejoin through the leader.
+    fn end_reign(
+        &mut self,
+        leader: Option<NodeId>,
+        reason: StepDownReason,
+        release: bool,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(reign) = self.reign.as_mut() {
             reign.phase = Phase::Idle;
         }
         self.follow(leader);
-        if self.root.take().is_none() {
-            return;
+        let was_serving = self.root.take().is_some();
+        if release {
+            self.release_children(out);
         }
-        self.release_children(out);
-        out.push(Output::Event(TreeEvent::SteppedDown { leader, reason }));
+        if was_serving {
+            out.push(Output::Event(TreeEvent::SteppedDown { leader, reason }));
+        }
     }
 
     fn release_children(&mut self, out: &mut Vec<Output>) {
-        for child in self.child_ids() {
+        let children = self.child_ids();
+        self.release(&children, out);
+    }
+
+    /// Tells these children to rejoin through the leader and forgets them.
+    fn release(&mut self, children: &[NodeId], out: &mut Vec<Output>) {
+        for &child in children {
             let goodbye = Disconnect {
                 sender_id: self.id,
                 reason: Reason::Leaving as i32,

@@ -251,6 +251,11 @@ impl Node {
     /// (with the topology epoch).
     pub(super) fn send_heartbeats(&mut self, now: Time, out: &mut Vec<Output>) {
         self.send_parent_heartbeat(now, out);
+        self.send_child_heartbeats(out);
+    }
+
+    /// Heartbeats to each child: the topology epoch, the link's assignment, the root.
+    pub(super) fn send_child_heartbeats(&self, out: &mut Vec<Output>) {
         let root_id = if self.root.is_some() {
             self.id
         } else {

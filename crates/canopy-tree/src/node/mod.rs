@@ -322,7 +322,7 @@ impl Node {
             next = next.min(at);
         }
         if let Some(root) = &self.root {
-            next = next.min(root.next_rebalance);
+            next = next.min(root.next_rebalance).min(root.next_child_heartbeat);
             if let (Some(since), Some(reign)) = (root.oldest_uncommitted(), &self.reign) {
                 next = next.min(since + reign.commit_timeout());
             }

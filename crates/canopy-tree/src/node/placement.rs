@@ -107,12 +107,14 @@ impl Node {
         // later topology epoch than any this node has seen became the root after the one it
         // follows (every `NewRoot` raises the epoch).
         let root = placement.root_id;
-        // Only the root's direct children (or a node without a parent) can be taken over:
-        // deeper nodes learn the new root from their parents and never move.
-        let under_root = self
-            .parent
-            .as_ref()
-            .is_none_or(|p| self.is_root_candidate(p.id));
+        // Only a node without a parent, or a child of a root that has gone silent (a serving
+        // root heartbeats its children every `root_heartbeat_interval`), can be taken over:
+        // a candidate cannot pull a node away from a live root, and deeper nodes learn the
+        // new root from their parents and never move.
+        let silence = self.config.root_heartbeat_interval * 2;
+        let under_root = self.parent.as_ref().is_none_or(|p| {
+            self.is_root_candidate(p.id) && now.saturating_sub(p.last_heard) > silence
+        });
         let takeover = placement.parent_id == root
             && self.is_root_candidate(root)
             && under_root

@@ -41,6 +41,9 @@ pub(super) struct RootState {
     pub(super) view: TreeView,
     next_assignment: u64,
     pub(super) next_rebalance: Time,
+    /// When the root next heartbeats its own children (more often than other nodes: a child
+    /// of the root accepts a takeover only after hearing nothing for two of these).
+    pub(super) next_child_heartbeat: Time,
     /// The reign of a replicated root: decisions go through Raft (`Output::Propose`) and
     /// actions wait for the commit. `None` for a root that commits as it decides.
     reign: Option<u64>,
@@ -53,21 +56,31 @@ pub(super) struct RootState {
     held: VecDeque<(u64, Vec<HeldAction>)>,
 }
 
-/// The lowest assignment id a reign at topology `epoch` hands out. Assignments of a reign
-/// at an earlier epoch are all below it, committed or not, so a node placed by a reign that
-/// was deposed before its decision committed still obeys the next reign's placement.
+/// The lowest assignment id a reign at topology `epoch` hands out: `epoch << 32`. Every
+/// takeover commits a `NewRoot`, which raises the epoch, so a reign's ids are above all
+/// those of earlier reigns, including ids a deposed reign handed out but never committed
+/// (far fewer than 2^32 of them): a node it placed still obeys the next reign. Room for
+/// 2^32 reigns of 2^32 assignments each.
 pub(super) fn reign_assignment_base(epoch: u64) -> u64 {
-    epoch.saturating_mul(1 << 40)
+    epoch.saturating_mul(1 << 32)
 }
 
 impl RootState {
     pub(super) fn new(view: TreeView, now: Time, config: &TreeConfig, reign: Option<u64>) -> Self {
         RootState {
             // A reign's ids start above any a deposed reign may have handed out without its
-            // commit (each takeover raises the epoch): see `reign_assignment_base`.
-            next_assignment: (view.max_assignment() + 1).max(reign_assignment_base(view.epoch)),
+            // commit: see `reign_assignment_base`.
+            next_assignment: view
+                .max_assignment()
+                .saturating_add(1)
+                .max(if reign.is_some() {
+                    reign_assignment_base(view.epoch)
+                } else {
+                    0
+                }),
             view,
             next_rebalance: now + config.rebalance_interval,
+            next_child_heartbeat: now + config.root_heartbeat_interval,
             reign,
             proposed: 0,
             committed: 0,
@@ -79,7 +92,7 @@ impl RootState {
     /// The next assignment id (they rise strictly, across reigns too).
     pub(super) fn take_assignment_id(&mut self) -> u64 {
         let id = self.next_assignment;
-        self.next_assignment += 1;
+        self.next_assignment = self.next_assignment.saturating_add(1);
         id
     }
 
@@ -336,6 +349,13 @@ impl Node {
     }
 
     pub(super) fn root_on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        if now >= root.next_child_heartbeat {
+            root.next_child_heartbeat = now + self.config.root_heartbeat_interval;
+            self.send_child_heartbeats(out);
+        }
         let Some(root) = self.root.as_mut() else {
             return;
         };

@@ -35,6 +35,7 @@ pub fn ms(n: u64) -> Duration {
 pub fn config() -> TreeConfig {
     let config = TreeConfig {
         heartbeat_interval: ms(100),
+        root_heartbeat_interval: ms(50),
         child_timeout: ms(350),
         parent_timeout: ms(350),
         join_timeout: ms(200),
