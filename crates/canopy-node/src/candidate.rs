@@ -244,6 +244,15 @@ impl Runtime {
             return;
         }
         candidate.revocations_seen = version;
+        self.enforce_committed_revocations();
+    }
+
+    /// Puts the revocation lists the group committed in force here, and passes them on if
+    /// they changed anything.
+    fn enforce_committed_revocations(&mut self) {
+        let Some(candidate) = self.candidate.as_ref() else {
+            return;
+        };
         let wire: Vec<bytes::Bytes> = candidate
             .group
             .revocations()
@@ -290,19 +299,7 @@ impl Runtime {
                 }
                 // What the group committed is in force at its new root, even if this
                 // candidate missed the old leader's push.
-                let Some(candidate) = self.candidate.as_ref() else {
-                    return;
-                };
-                let wire: Vec<bytes::Bytes> = candidate
-                    .group
-                    .revocations()
-                    .into_iter()
-                    .map(bytes::Bytes::from)
-                    .collect();
-                let (lists, _) = crate::revocations::parse_lists(&wire);
-                if crate::revocations::adopt(&self.net, lists, "root group") {
-                    self.flood_revocations(None);
-                }
+                self.enforce_committed_revocations();
             }
             Report::Ready { reign, view: None } => {
                 warn!(node = id, reign, "no tree view after NewRoot committed");

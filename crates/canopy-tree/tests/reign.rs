@@ -43,22 +43,6 @@ fn leadership(term: u64, leader: Option<NodeId>, contact: Option<Time>) -> Input
     }
 }
 
-/// Leader 1 serving a tree: routers 10 and 11 under it, clients below; every proposal
-/// commits at once.
-fn serving_tree() -> Net {
-    let mut net = Net::replicated(config(), &CANDIDATES, true);
-    net.elect(1);
-    for id in 10..=13 {
-        net.join(id, Role::Router);
-    }
-    for id in 100..=107 {
-        net.join(id, Role::Client);
-    }
-    net.advance(ms(300));
-    assert!(net.node(1).is_serving_root());
-    net
-}
-
 #[test]
 fn a_leader_within_its_lease_takes_over_only_once_its_new_root_commits() {
     let mut net = Net::replicated(config(), &CANDIDATES, false);
@@ -125,7 +109,7 @@ fn a_leader_without_a_fresh_quorum_contact_does_not_take_over() {
 
 #[test]
 fn news_of_another_leader_ends_the_reign_and_sends_the_children_through_it() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let children = net.child_ids(1);
     net.term += 1;
     let out = net.input(1, leadership(net.term, Some(2), Some(net.now)));
@@ -145,7 +129,7 @@ fn news_of_another_leader_ends_the_reign_and_sends_the_children_through_it() {
 
 #[test]
 fn a_paused_leader_waking_up_steps_down_before_it_acts() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let before = net.node(1).view().expect("serving").clone();
     // The process stops: no news, no ticks. It wakes long after its lease, with a join
     // request and a child's heartbeat waiting, and the news it relays is the old one.
@@ -185,7 +169,7 @@ fn a_paused_leader_waking_up_steps_down_before_it_acts() {
 
 #[test]
 fn a_serving_root_wakes_itself_when_its_lease_runs_out() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let out = net.input(1, Input::Tick);
     let wake = wakes(&out);
     let lease_end = net.contact[&1] + reign().lease;
@@ -200,7 +184,7 @@ fn a_serving_root_wakes_itself_when_its_lease_runs_out() {
 
 #[test]
 fn a_commit_that_never_comes_ends_the_reign() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     net.auto_commit.clear();
     net.start(70, Role::Client);
     let (_, out) = net.deliver_one().expect("join");
@@ -223,7 +207,7 @@ fn a_commit_that_never_comes_ends_the_reign() {
 
 #[test]
 fn a_failed_commit_of_the_current_reign_ends_it_and_a_stale_one_does_not() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let number = net.node(1).reign();
     let out = net.input(1, Input::CommitFailed { reign: number + 7 });
     assert!(stepped_down(&out).is_none());
@@ -322,7 +306,7 @@ fn a_cull_waits_for_the_commit_of_the_decision() {
 
 #[test]
 fn a_follower_asks_for_an_election_only_once_the_vote_lease_has_run_out() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let heard = net.now;
     net.crash(1);
     let config = reign();
@@ -355,7 +339,7 @@ fn a_follower_asks_for_an_election_only_once_the_vote_lease_has_run_out() {
 
 #[test]
 fn if_the_first_does_not_win_the_next_rank_asks_and_turns_repeat() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let heard = net.now;
     net.crash(1);
     let config = reign();
@@ -393,7 +377,7 @@ fn a_restarted_candidate_waits_a_whole_vote_lease_before_asking() {
 
 #[test]
 fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_reign() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let top = net.child_ids(1);
     net.crash(1);
     // An election comes a vote lease after the leader's silence began.
@@ -425,7 +409,7 @@ fn a_placement_of_a_reign_deposed_before_its_commit_is_superseded_by_the_next_re
 
 #[test]
 fn a_candidate_cannot_take_over_a_node_below_the_roots_children() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     // A client two levels down (its parent is a router, not the root).
     let deep = (100..=107)
         .find(|&c| net.parent(c).is_some_and(|p| p != 1))

@@ -11,23 +11,6 @@ use common::*;
 
 const CANDIDATES: [NodeId; 3] = [1, 2, 3];
 
-/// Leader 1 serving a tree: routers 10 and 11 under it, clients below; every proposal
-/// commits at once.
-fn serving_tree() -> Net {
-    let mut net = Net::replicated(config(), &CANDIDATES, true);
-    net.elect(1);
-    for id in 10..=13 {
-        net.join(id, Role::Router);
-    }
-    for id in 100..=107 {
-        net.join(id, Role::Client);
-    }
-    net.advance(ms(300));
-    assert!(net.node(1).is_serving_root());
-    assert_eq!(net.parent(10), Some(1));
-    net
-}
-
 /// What a root candidate `by` can sign on its own: "`victim` goes under me", at `epoch`.
 fn self_placement(net: &Net, by: NodeId, victim: NodeId, assignment_id: u64, epoch: u64) -> Body {
     Body::AssignParent(AssignParent {
@@ -53,7 +36,7 @@ fn self_placement(net: &Net, by: NodeId, victim: NodeId, assignment_id: u64, epo
 /// `check_grant` accepts any candidate's self-placement at an epoch one above the victim's.
 #[test]
 fn a_candidate_that_does_not_lead_cannot_pull_a_node_under_itself() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     assert!(!net.node(3).is_serving_root());
     assert_eq!(net.node(3).known_leader(), Some(1));
     let epoch = net.node(10).epoch() + 1;
@@ -74,7 +57,7 @@ fn a_candidate_that_does_not_lead_cannot_pull_a_node_under_itself() {
 /// has to go silent afterwards.
 #[test]
 fn a_candidate_that_does_not_lead_cannot_wedge_a_node_for_good() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let body = self_placement(&net, 3, 10, u64::MAX, u64::MAX);
     net.inject(3, 10, body);
     // The insider keeps quiet: whatever the victim sends it is lost.
@@ -200,7 +183,7 @@ fn assignment_ids_keep_rising_at_high_topology_epochs() {
 /// re-places it. Every term change costs the whole top of the tree a disconnect.
 #[test]
 fn a_new_term_with_the_same_leader_does_not_disconnect_the_top_of_the_tree() {
-    let mut net = serving_tree();
+    let mut net = Net::serving_tree();
     let top = net.child_ids(1);
     let mark = net.log.len();
     net.term += 1;

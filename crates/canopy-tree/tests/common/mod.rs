@@ -251,6 +251,23 @@ impl Net {
         out
     }
 
+    /// Candidates 1, 2 and 3 with 1 serving a tree: routers 10..=13 (10 and 11 under the
+    /// root), clients 100..=107 below; every proposal commits at once.
+    pub fn serving_tree() -> Net {
+        let mut net = Net::replicated(config(), &[1, 2, 3], true);
+        net.elect(1);
+        for id in 10..=13 {
+            net.join(id, Role::Router);
+        }
+        for id in 100..=107 {
+            net.join(id, Role::Client);
+        }
+        net.advance(ms(300));
+        assert!(net.node(1).is_serving_root());
+        assert_eq!(net.parent(10), Some(1));
+        net
+    }
+
     /// Live root candidates, in order.
     pub fn live_candidates(&self) -> Vec<NodeId> {
         self.roots
