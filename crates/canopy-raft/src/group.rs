@@ -96,10 +96,6 @@ fn leadership_of(m: &Metrics) -> Leadership {
         term: m.current_term,
         leader: m.current_leader,
         is_leader,
-        since_quorum_ack: m
-            .millis_since_quorum_ack
-            .filter(|_| is_leader)
-            .map(Duration::from_millis),
         contact: None,
     }
 }

@@ -96,9 +96,6 @@ pub struct Leadership {
     pub term: u64,
     pub leader: Option<CandidateId>,
     pub is_leader: bool,
-    /// Leader only: how long since a quorum last acknowledged it (openraft's
-    /// `millis_since_quorum_ack`, as of the last metrics update).
-    pub since_quorum_ack: Option<Duration>,
     /// This candidate's own evidence, by its own clock (only from
     /// [`RootGroup::leadership_now`]): as leader, when it sent the last request a quorum
     /// accepted in its term; as follower, when it last accepted a leader's entries or granted
