@@ -219,6 +219,9 @@ impl RateKind {
         use canopy_proto::Body;
         match msg.body {
             Some(Body::JoinRequest(_)) => Some(RateKind::Join),
+            // A chunk that more chunks follow is part of one snapshot, which counts once (by
+            // its last chunk); the tree charges every chunk per tag and bounds the whole.
+            Some(Body::InterestSnapshot(ref chunk)) if chunk.more => None,
             Some(Body::Reattach(_) | Body::InterestSnapshot(_) | Body::Revocations(_)) => {
                 Some(RateKind::Snapshot)
             }
@@ -319,5 +322,19 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_ok());
         assert!(limiter.admit(&limits, 7, RateKind::Join, later).is_err());
+    }
+
+    #[test]
+    fn a_chunked_snapshot_counts_once_by_its_last_chunk() {
+        use canopy_proto::v1::InterestSnapshot;
+        use canopy_proto::{Body, ControlMessage};
+        let chunk = |more| {
+            ControlMessage::new(Body::InterestSnapshot(InterestSnapshot {
+                tags: vec![1, 2, 3],
+                more,
+            }))
+        };
+        assert_eq!(RateKind::of(&chunk(true)), None);
+        assert_eq!(RateKind::of(&chunk(false)), Some(RateKind::Snapshot));
     }
 }

@@ -166,3 +166,105 @@ async fn multicasts_reach_exactly_the_interested_clients_and_survive_a_router_ki
     );
     h.cluster.shutdown().await;
 }
+
+/// Waits until `receiver` gets a multicast to `tag` published by `publisher` (republishing
+/// every half second), or panics after `timeout`.
+async fn reaches(
+    cluster: &mut LocalCluster,
+    publisher: NodeId,
+    receiver: NodeId,
+    tag: KeyTag,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let handle = cluster.node(publisher).unwrap().handle.clone();
+        handle.publish(tag, Bytes::from_static(b"probe")).await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < until {
+            if let Some(d) = cluster.next_delivery(Duration::from_millis(50)).await {
+                if d.receiver == receiver && d.key_tag == tag {
+                    return;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no multicast to {tag:#x} reached {receiver} within {timeout:?}"
+        );
+    }
+}
+
+/// A client whose interest is far larger than one frame (300,000 tags: 2.4 MB of tags, the
+/// frame limit is 1 MiB) reattaches after its parent dies: its snapshot goes up in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtree_of_300000_tags_reattaches_after_its_parent_dies() {
+    const TAGS: u64 = 300_000;
+    let mut spec = LocalClusterSpec::default();
+    let limits = &mut spec.tree.limits;
+    limits.max_tags_per_client_link = 400_000;
+    limits.client_interest_tags_per_sec = 10_000_000.0;
+    limits.router_interest_tags_per_sec = 10_000_000.0;
+    spec.limits.max_tags_per_client_link = 400_000;
+    spec.limits.client_interest_tags_per_sec = 10_000_000.0;
+    spec.limits.router_interest_tags_per_sec = 10_000_000.0;
+    let mut cluster = LocalCluster::start(spec).await.unwrap();
+    for _ in 0..2 {
+        cluster.add_router().await.unwrap();
+    }
+    cluster
+        .wait_for_tree(3, Duration::from_secs(30), |_, _| {})
+        .await
+        .unwrap();
+    let tags: Vec<KeyTag> = (1..=TAGS).map(|t| 0x7A65_0000_0000 + t).collect();
+    let (first, middle, last) = (tags[0], tags[TAGS as usize / 2], tags[TAGS as usize - 1]);
+    let big = cluster.add_client(tags).await.unwrap().identity.node_id;
+    let publisher = cluster
+        .add_client(Vec::new())
+        .await
+        .unwrap()
+        .identity
+        .node_id;
+    cluster
+        .wait_for_tree(5, Duration::from_secs(60), |_, _| {})
+        .await
+        .unwrap();
+    reaches(&mut cluster, publisher, big, last, Duration::from_secs(60)).await;
+
+    let parent = cluster
+        .node(big)
+        .unwrap()
+        .handle
+        .status()
+        .await
+        .unwrap()
+        .parent
+        .unwrap();
+    assert_ne!(
+        parent,
+        canopy_node::local::ROOT_ID,
+        "the client sits under a router"
+    );
+    cluster.node(parent).unwrap().handle.kill().await;
+    // It reattaches under the other router (or the root) with its whole interest.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = cluster
+            .node(big)
+            .unwrap()
+            .handle
+            .status()
+            .await
+            .unwrap()
+            .parent;
+        if now.is_some_and(|p| p != parent) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reattached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for tag in [first, middle, last] {
+        reaches(&mut cluster, publisher, big, tag, Duration::from_secs(60)).await;
+    }
+    cluster.shutdown().await;
+}

@@ -83,6 +83,7 @@ fn every_variant() -> Vec<ControlMessage> {
             subtree: Some(subtree),
             interest: Some(InterestSnapshot {
                 tags: vec![0, 1, u64::MAX, 0xDEAD_BEEF],
+                more: true,
             }),
         }),
         Body::Heartbeat(Heartbeat {
@@ -98,6 +99,7 @@ fn every_variant() -> Vec<ControlMessage> {
         }),
         Body::InterestSnapshot(InterestSnapshot {
             tags: (1..100).collect(),
+            more: false,
         }),
         Body::Cull(Cull { count: 12 }),
         Body::Disconnect(Disconnect {

@@ -67,9 +67,8 @@ impl Default for TreeLimits {
             placement_max_age: Duration::from_secs(60),
             max_tags_per_client_link: 16_384,
             // A router link carries its whole subtree's interest (every node's own id tag
-            // at least): 2^22 tags, 32 MiB of tags, holds subtrees of millions. (A Reattach
-            // snapshot over about 130,000 tags does not fit today's 1 MiB frame: see
-            // docs/protocol.md, Limits.)
+            // at least): 2^22 tags, 32 MiB of tags, holds subtrees of millions (snapshots
+            // go up in chunks of `max_tags_per_delta`).
             max_tags_per_router_link: 1 << 22,
             max_tags_per_delta: 16_384,
             max_subtree_nodes: 100_000_000,

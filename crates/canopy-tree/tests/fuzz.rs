@@ -86,14 +86,14 @@ fn body() -> impl Strategy<Value = Body> {
                 grant: Some(grant(child_id, ME, assignment_id)),
             })
         }),
-        (peer(), role(), 0u64..6, subtree(), tags()).prop_map(
-            |(node_id, role, assignment_id, subtree, tags)| {
+        (peer(), role(), 0u64..6, subtree(), tags(), any::<bool>()).prop_map(
+            |(node_id, role, assignment_id, subtree, tags, more)| {
                 Body::Reattach(v1::Reattach {
                     node_id,
                     role,
                     assignment_id,
                     subtree,
-                    interest: Some(v1::InterestSnapshot { tags }),
+                    interest: Some(v1::InterestSnapshot { tags, more }),
                 })
             }
         ),
@@ -109,7 +109,8 @@ fn body() -> impl Strategy<Value = Body> {
                 })
             }
         ),
-        tags().prop_map(|tags| Body::InterestSnapshot(v1::InterestSnapshot { tags })),
+        (tags(), any::<bool>())
+            .prop_map(|(tags, more)| Body::InterestSnapshot(v1::InterestSnapshot { tags, more })),
         (0u64..20).prop_map(|count| Body::Cull(v1::Cull { count })),
         (peer(), 0i32..6, any::<bool>()).prop_map(|(sender_id, reason, rejoin)| {
             Body::Disconnect(v1::Disconnect {

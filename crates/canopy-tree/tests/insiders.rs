@@ -293,7 +293,10 @@ fn too_many_tags_close_the_offenders_link() {
     let out = net.inject(
         child,
         parent,
-        Body::InterestSnapshot(InterestSnapshot { tags: tags.clone() }),
+        Body::InterestSnapshot(InterestSnapshot {
+            tags: tags.clone(),
+            more: false,
+        }),
     );
     assert!(out
         .iter()

@@ -124,6 +124,7 @@ async fn interest_and_subtree_reports_are_bounded() {
     let snapshot = |i: u64| {
         ControlMessage::new(Body::InterestSnapshot(InterestSnapshot {
             tags: vec![i + 1],
+            more: false,
         }))
     };
     let huge = SubtreeSize {

@@ -83,7 +83,7 @@ impl Rogue {
             role: self.wire_role() as i32,
             assignment_id: self.assignment_id,
             subtree: Some(self.own_subtree()),
-            interest: Some(InterestSnapshot { tags }),
+            interest: Some(InterestSnapshot { tags, more: false }),
         };
         self.send(parent, addr, ControlMessage::new(Body::Reattach(reattach)));
     }

@@ -95,8 +95,12 @@ async fn snapshot_churn_costs_the_churner_not_its_parent() {
     let beats = rogue.keep_alive(honest, addr);
     let endpoint = rogue.endpoint.clone();
     let churn = tokio::spawn(async move {
-        let snapshot =
-            |tags: Vec<u64>| ControlMessage::new(Body::InterestSnapshot(InterestSnapshot { tags }));
+        let snapshot = |tags: Vec<u64>| {
+            ControlMessage::new(Body::InterestSnapshot(InterestSnapshot {
+                tags,
+                more: false,
+            }))
+        };
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = endpoint.send(honest, Some(addr), snapshot(Vec::new()));

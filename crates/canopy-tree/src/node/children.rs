@@ -1,8 +1,8 @@
 //! The parent side of tree links: adopting, attaching, culling and dropping children.
 
 use canopy_proto::v1::{
-    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, InterestSnapshot,
-    Reattach, ReleaseChild, SignedPlacement, SubtreeSize,
+    disconnect::Reason, AdoptChild, AssignParent, ChildRemoved, Cull, Disconnect, InterestDelta,
+    InterestSnapshot, Reattach, ReleaseChild, SignedPlacement, SubtreeSize,
 };
 use canopy_proto::Body;
 use rand::seq::SliceRandom;
@@ -12,7 +12,7 @@ use super::placement::Claimed;
 use super::{ChildInfo, Node};
 use crate::interest::LinkInterest;
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
-use crate::{NodeId, Role, Time};
+use crate::{KeyTag, NodeId, Role, Time};
 
 #[derive(Debug, Clone)]
 pub(super) struct ChildLink {
@@ -23,6 +23,10 @@ pub(super) struct ChildLink {
     pub(super) last_heard: Time,
     pub(super) subtree: SubtreeSize,
     pub(super) interest: LinkInterest,
+    /// A snapshot arriving in chunks: what came so far. Each chunk is also added to the
+    /// link's interest at once (nothing the child wants goes unforwarded meanwhile); the
+    /// last one replaces the link's interest with the whole set.
+    pub(super) pending_snapshot: Option<Vec<KeyTag>>,
 }
 
 impl ChildLink {
@@ -116,6 +120,7 @@ impl Node {
                 link.role = role;
                 link.address = address;
                 link.subtree = SubtreeSize::default();
+                link.pending_snapshot = None;
             }
             None => {
                 self.children.insert(
@@ -128,6 +133,7 @@ impl Node {
                         last_heard: now,
                         subtree: SubtreeSize::default(),
                         interest: LinkInterest::new(fp_rate, self.filter_key),
+                        pending_snapshot: None,
                     },
                 );
                 out.push(Output::Event(TreeEvent::ChildAdopted { child }));
@@ -167,7 +173,10 @@ impl Node {
             self.dropped(from, "reattach", DropReason::StaleAssignment, out);
             return;
         }
-        let tags = reattach.interest.map(|s| s.tags).unwrap_or_default();
+        let (tags, more) = reattach
+            .interest
+            .map(|s| (s.tags, s.more))
+            .unwrap_or_default();
         let (role, attached) = (link.role, link.attached);
         let max_tags = self.max_tags_for(role);
         if tags.len() > max_tags {
@@ -189,7 +198,17 @@ impl Node {
         link.assignment_id = reattach.assignment_id;
         link.attached = true;
         link.subtree = reattach.subtree.unwrap_or_default();
-        link.interest.replace(&tags, fp_rate, &mut self.interest);
+        if more {
+            let chunk = InterestDelta {
+                add: tags.clone(),
+                remove: Vec::new(),
+            };
+            link.interest.apply_delta(&chunk, &mut self.interest);
+            link.pending_snapshot = Some(tags);
+        } else {
+            link.pending_snapshot = None;
+            link.interest.replace(&tags, fp_rate, &mut self.interest);
+        }
         self.schedule_interest_flush(now);
         self.check_child_bounds(from, now, out);
     }
@@ -342,29 +361,43 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let fp_rate = self.config.filter_fp_rate;
-        let max_tags = match self.children.get(&from) {
-            Some(link) if link.attached => self.max_tags_for(link.role),
+        let (max_tags, so_far) = match self.children.get(&from) {
+            Some(link) if link.attached => (
+                self.max_tags_for(link.role),
+                link.pending_snapshot.as_ref().map(Vec::len),
+            ),
             _ => {
                 self.dropped(from, "interest_snapshot", DropReason::NotANeighbour, out);
                 return;
             }
         };
-        if snapshot.tags.len() > max_tags {
-            let reason = format!(
-                "interest snapshot of {} tags, more than {max_tags}",
-                snapshot.tags.len()
-            );
+        let total = so_far.unwrap_or(0).saturating_add(snapshot.tags.len());
+        if total > max_tags {
+            let reason = format!("interest snapshot of {total} tags, more than {max_tags}");
             self.evict_over_limit(from, reason, now, out);
             return;
         }
-        if !self.charge_interest(from, snapshot.tags.len(), true, now, out) {
+        // A chunk continuing a snapshot is charged for itself; a new snapshot also for the
+        // set it replaces.
+        if !self.charge_interest(from, snapshot.tags.len(), so_far.is_none(), now, out) {
             return;
         }
-        if let Some(link) = self.children.get_mut(&from) {
-            link.interest
-                .replace(&snapshot.tags, fp_rate, &mut self.interest);
-            self.schedule_interest_flush(now);
+        let Some(link) = self.children.get_mut(&from) else {
+            return;
+        };
+        let mut whole = link.pending_snapshot.take().unwrap_or_default();
+        whole.extend_from_slice(&snapshot.tags);
+        if snapshot.more {
+            let chunk = InterestDelta {
+                add: snapshot.tags,
+                remove: Vec::new(),
+            };
+            link.interest.apply_delta(&chunk, &mut self.interest);
+            link.pending_snapshot = Some(whole);
+        } else {
+            link.interest.replace(&whole, fp_rate, &mut self.interest);
         }
+        self.schedule_interest_flush(now);
         self.check_child_bounds(from, now, out);
     }
 

@@ -11,7 +11,7 @@ use rand::Rng;
 use super::placement::Claimed;
 use super::{JoinState, Node, ParentLink};
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
-use crate::{NodeId, Time};
+use crate::{KeyTag, NodeId, Time};
 
 impl Node {
     /// Starts (or restarts) asking the root for a parent.
@@ -163,14 +163,34 @@ impl Node {
         // The new parent charges the snapshot against this link's budget: what follows waits.
         let rate = self.upward_budget();
         self.upward.charge(tags.len(), rate, now);
+        // In chunks that each fit a frame: the first in the Reattach, the rest right after.
+        let chunk = self.config.limits.max_tags_per_delta.max(1);
+        let mut chunks: Vec<Vec<KeyTag>> = tags.chunks(chunk).map(<[KeyTag]>::to_vec).collect();
+        let rest = if chunks.len() > 1 {
+            chunks.split_off(1)
+        } else {
+            Vec::new()
+        };
         let reattach = Reattach {
             node_id: self.id,
             role: self.role.to_proto() as i32,
             assignment_id: assign.assignment_id,
             subtree: Some(self.subtree()),
-            interest: Some(InterestSnapshot { tags }),
+            interest: Some(InterestSnapshot {
+                tags: chunks.pop().unwrap_or_default(),
+                more: !rest.is_empty(),
+            }),
         };
         self.send(from, Body::Reattach(reattach), out);
+        let last = rest.len();
+        for (i, tags) in rest.into_iter().enumerate() {
+            let more = i + 1 < last;
+            self.send(
+                from,
+                Body::InterestSnapshot(InterestSnapshot { tags, more }),
+                out,
+            );
+        }
         out.push(Output::Event(TreeEvent::ParentChanged {
             parent: from,
             previous: previous.map(|p| p.id),
