@@ -231,15 +231,11 @@ async fn a_subtree_of_300000_tags_reattaches_after_its_parent_dies() {
         .unwrap();
     reaches(&mut cluster, publisher, big, last, Duration::from_secs(60)).await;
 
-    let parent = cluster
-        .node(big)
-        .unwrap()
-        .handle
-        .status()
-        .await
-        .unwrap()
-        .parent
-        .unwrap();
+    let parent_of = |cluster: &LocalCluster| {
+        let handle = cluster.node(big).unwrap().handle.clone();
+        async move { handle.status().await.unwrap().parent }
+    };
+    let parent = parent_of(&cluster).await.unwrap();
     assert_ne!(
         parent,
         canopy_node::local::ROOT_ID,
@@ -249,14 +245,7 @@ async fn a_subtree_of_300000_tags_reattaches_after_its_parent_dies() {
     // It reattaches under the other router (or the root) with its whole interest.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let now = cluster
-            .node(big)
-            .unwrap()
-            .handle
-            .status()
-            .await
-            .unwrap()
-            .parent;
+        let now = parent_of(&cluster).await;
         if now.is_some_and(|p| p != parent) {
             break;
         }
