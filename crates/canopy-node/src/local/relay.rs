@@ -25,7 +25,7 @@ pub struct UdpRelay {
     address: SocketAddr,
     target: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    upstreams: Arc<tokio::sync::Mutex<Vec<JoinHandle<()>>>>,
+    upstreams: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl UdpRelay {
@@ -37,7 +37,7 @@ impl UdpRelay {
         // Answers from the target, delayed, back to their sender through the listening socket.
         let (back_tx, back_rx) = mpsc::unbounded_channel::<(Instant, SocketAddr, Vec<u8>)>();
         let backward = tokio::spawn(deliver_back(listen.clone(), back_rx));
-        let upstreams = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let upstreams = Arc::new(std::sync::Mutex::new(Vec::new()));
         let forward = tokio::spawn(forward(listen, target, one_way, back_tx, upstreams.clone()));
         Ok(UdpRelay {
             address,
@@ -63,7 +63,8 @@ impl Drop for UdpRelay {
         for task in &self.tasks {
             task.abort();
         }
-        if let Ok(upstreams) = self.upstreams.try_lock() {
+        // The lock is only ever held to push a handle, never across an await.
+        if let Ok(upstreams) = self.upstreams.lock() {
             for task in upstreams.iter() {
                 task.abort();
             }
@@ -78,7 +79,7 @@ async fn forward(
     target: SocketAddr,
     one_way: Duration,
     back: mpsc::UnboundedSender<(Instant, SocketAddr, Vec<u8>)>,
-    upstreams: Arc<tokio::sync::Mutex<Vec<JoinHandle<()>>>>,
+    upstreams: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 ) {
     let mut senders: HashMap<SocketAddr, mpsc::UnboundedSender<(Instant, Vec<u8>)>> =
         HashMap::new();
@@ -93,14 +94,11 @@ async fn forward(
                 continue;
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            let mut tasks = upstreams.lock().await;
-            tasks.push(tokio::spawn(deliver_up(socket.clone(), rx)));
-            tasks.push(tokio::spawn(read_answers(
-                socket,
-                from,
-                one_way,
-                back.clone(),
-            )));
+            let up = tokio::spawn(deliver_up(socket.clone(), rx));
+            let answers = tokio::spawn(read_answers(socket, from, one_way, back.clone()));
+            if let Ok(mut tasks) = upstreams.lock() {
+                tasks.extend([up, answers]);
+            }
             slot.insert(tx);
         }
         if let Some(tx) = senders.get(&from) {
