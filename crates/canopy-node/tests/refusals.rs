@@ -167,6 +167,7 @@ async fn only_root_candidates_take_part_in_raft_and_only_admins_ask_for_status()
         request_id: 1,
         kind: raft_request::Kind::Vote as i32,
         body: Bytes::from_static(br#"{"vote":{"leader_id":{"term":99,"node_id":904},"committed":false},"last_log_id":null}"#),
+        data: Bytes::new(),
     }));
     let reason = refused_reason(&cluster, 904, CertRole::Router, vote).await;
     assert!(reason.contains("raft_request"), "{reason}");

@@ -118,12 +118,12 @@ fn every_variant() -> Vec<ControlMessage> {
             origin_seq: 1234,
             key_seq: 56,
             payload: Bytes::from_static(b"sealed payload \x00\xff"),
-            last_hop: 3,
         }),
         Body::RaftRequest(RaftRequest {
             request_id: 5,
             kind: raft_request::Kind::AppendEntries as i32,
             body: Bytes::from_static(b"{\"vote\":1}"),
+            data: Bytes::from_static(b"chunk"),
         }),
         Body::RaftResponse(RaftResponse {
             request_id: 5,
@@ -294,7 +294,6 @@ fn frame_of_exactly_the_maximum_is_accepted() {
         origin_seq: 3,
         key_seq: 4,
         payload: Bytes::from(vec![7u8; 300]),
-        last_hop: 1,
     }));
     let len = prost::Message::encoded_len(&msg);
     let exact = FrameCodec::new(len);
@@ -319,7 +318,6 @@ fn oversized_message_is_refused_on_encode() {
         origin_seq: 3,
         key_seq: 4,
         payload: Bytes::from(vec![0u8; 100]),
-        last_hop: 1,
     }));
     let mut buf = BytesMut::from(&b"earlier"[..]);
     match codec.encode_into(&msg, &mut buf) {
@@ -466,20 +464,16 @@ fn multicast_strategy() -> impl Strategy<Value = ControlMessage> {
         any::<u64>(),
         any::<u64>(),
         proptest::collection::vec(any::<u8>(), 0..600),
-        any::<u64>(),
     )
-        .prop_map(
-            |(origin, key_tag, origin_seq, key_seq, payload, last_hop)| {
-                ControlMessage::new(Body::Multicast(Multicast {
-                    origin,
-                    key_tag,
-                    origin_seq,
-                    key_seq,
-                    payload: Bytes::from(payload),
-                    last_hop,
-                }))
-            },
-        )
+        .prop_map(|(origin, key_tag, origin_seq, key_seq, payload)| {
+            ControlMessage::new(Body::Multicast(Multicast {
+                origin,
+                key_tag,
+                origin_seq,
+                key_seq,
+                payload: Bytes::from(payload),
+            }))
+        })
 }
 
 fn heartbeat_strategy() -> impl Strategy<Value = ControlMessage> {

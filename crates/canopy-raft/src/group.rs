@@ -525,7 +525,8 @@ mod tests {
         );
         assert_eq!(raft.snapshot_policy, SnapshotPolicy::LogsSinceLast(10));
         assert_eq!(raft.max_in_snapshot_log_to_keep, 10);
-        assert!(raft.snapshot_max_chunk_size * 4 < canopy_proto::DEFAULT_MAX_FRAME_LEN as u64);
+        // A chunk travels raw beside a small encoded request, within one frame.
+        assert!(raft.snapshot_max_chunk_size + 64 * 1024 < crate::MAX_RPC_BODY as u64);
 
         config.snapshot_every = 0;
         assert!(matches!(

@@ -28,6 +28,7 @@ mod network;
 mod service;
 pub mod store;
 mod timers;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,8 +2,9 @@
 //! `RaftNetwork` (v2 of 0.9).
 //!
 //! Every RPC gets a request id and a oneshot in the pending map, goes out as a `RaftRequest`
-//! whose body is the JSON of openraft's request, and waits for the `RaftResponse` with the
-//! same id (whose body is the JSON of `Result<response, RaftError>`). A failed send or a
+//! whose body is the CBOR of openraft's request (a snapshot chunk's bytes beside it, raw),
+//! and waits for the `RaftResponse` with the same id (whose body is the CBOR of
+//! `Result<response, RaftError>`). A failed send or a
 //! closed link fails the RPC at once as `Unreachable` (openraft backs off); no answer within
 //! the RPC's hard TTL is a `Timeout` while a link to the peer is up, else `Unreachable`.
 //! A pending entry is removed when its RPC ends in any way, including being dropped by
@@ -34,14 +35,14 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::contact::Contacts;
-use crate::{CandidateId, TypeConfig};
+use crate::{wire, CandidateId, TypeConfig};
 
 /// Largest request body sent (the frame limit is 1 MiB; leave room for the envelope).
 pub const MAX_RPC_BODY: usize = 768 * 1024;
 /// The AppendEntries budget never shrinks below this (one entry is always sent).
 const MIN_RPC_BUDGET: usize = 64 * 1024;
-/// Snapshot chunk size: chunks travel as JSON arrays of numbers (up to 4 bytes per byte).
-pub const SNAPSHOT_CHUNK: u64 = 128 * 1024;
+/// Snapshot chunk size: chunks travel as raw bytes beside the encoded request.
+pub const SNAPSHOT_CHUNK: u64 = 256 * 1024;
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<CandidateId, BasicNode, RaftError<CandidateId, E>>>;
@@ -191,7 +192,7 @@ impl Rpc {
         peer: CandidateId,
         address: &str,
         kind: Kind,
-        body: Vec<u8>,
+        (body, data): (Vec<u8>, Vec<u8>),
         ttl: Duration,
     ) -> Result<Vec<u8>, RpcFailure> {
         let unreachable = |reason: String| RpcFailure::Unreachable { peer, reason };
@@ -213,6 +214,7 @@ impl Rpc {
             request_id: id,
             kind: kind as i32,
             body: body.into(),
+            data: data.into(),
         };
         self.net
             .send(peer, addr, ControlMessage::new(Body::RaftRequest(request)))
@@ -289,17 +291,16 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body =
-            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(kind, action, body, ttl).await
+        let body = wire::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(kind, action, (body, Vec::new()), ttl).await
     }
 
-    /// Sends an encoded request and decodes the answer.
+    /// Sends an encoded request (and a snapshot chunk's raw bytes) and decodes the answer.
     async fn send<Resp, E>(
         &self,
         kind: Kind,
         action: RPCTypes,
-        body: Vec<u8>,
+        (body, data): (Vec<u8>, Vec<u8>),
         ttl: Duration,
     ) -> RpcResult<Resp, E>
     where
@@ -307,18 +308,22 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let target = self.target;
-        if body.len() > MAX_RPC_BODY {
+        if body.len() + data.len() > MAX_RPC_BODY {
             let failure = RpcFailure::Unreachable {
                 peer: target,
                 reason: format!(
                     "{action} request of {} bytes exceeds {MAX_RPC_BODY}",
-                    body.len()
+                    body.len() + data.len()
                 ),
             };
             warn!(%failure, "raft request too large");
             return Err(RPCError::Unreachable(Unreachable::new(&failure)));
         }
-        let answer = match self.rpc.call(target, &self.address, kind, body, ttl).await {
+        let answer = match self
+            .rpc
+            .call(target, &self.address, kind, (body, data), ttl)
+            .await
+        {
             Ok(answer) => answer,
             Err(RpcFailure::Timeout { .. }) => {
                 return Err(RPCError::Timeout(Timeout {
@@ -333,7 +338,7 @@ impl PeerClient {
             }
             Err(failure) => return Err(RPCError::Network(NetworkError::new(&failure))),
         };
-        match serde_json::from_slice::<Result<Resp, RaftError<CandidateId, E>>>(&answer) {
+        match wire::decode::<Result<Resp, RaftError<CandidateId, E>>>(&answer) {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
             Err(e) => {
@@ -355,11 +360,12 @@ fn fitting_prefix(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> usiz
         leader_commit: rpc.leader_commit,
         entries: Vec::new(),
     };
-    let mut size = serde_json::to_vec(&envelope).map_or(0, |b| b.len());
+    // CBOR lays the entries out one after another: the sum of their sizes, plus at most 9
+    // bytes for the array's length.
+    let mut size = wire::encoded_len(&envelope) + 9;
     let mut fit = 0;
     for entry in &rpc.entries {
-        // +1 for the separating comma.
-        size += serde_json::to_vec(entry).map_or(usize::MAX / 2, |b| b.len()) + 1;
+        size += wire::encoded_len(entry);
         if size > budget {
             break;
         }
@@ -378,14 +384,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<CandidateId>> {
-        let encode_failed = |e: serde_json::Error| RPCError::Network(NetworkError::new(&e));
-        let mut body = serde_json::to_vec(&rpc).map_err(encode_failed)?;
+        let encode_failed = |e: wire::WireError| RPCError::Network(NetworkError::new(&e));
+        let mut body = wire::encode(&rpc).map_err(encode_failed)?;
         let mut partial = None;
         if body.len() > self.budget && rpc.entries.len() > 1 {
             let fit = fitting_prefix(&rpc, self.budget).max(1);
             rpc.entries.truncate(fit);
             partial = rpc.entries.last().map(|e| e.log_id);
-            body = serde_json::to_vec(&rpc).map_err(encode_failed)?;
+            body = wire::encode(&rpc).map_err(encode_failed)?;
             debug!(
                 target = self.target,
                 fit,
@@ -397,7 +403,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let (sent_at, term) = (Instant::now(), rpc.vote.leader_id().get_term());
         let action = RPCTypes::AppendEntries;
         let result = self
-            .send(Kind::AppendEntries, action, body, option.hard_ttl())
+            .send(
+                Kind::AppendEntries,
+                action,
+                (body, Vec::new()),
+                option.hard_ttl(),
+            )
             .await;
         match &result {
             Err(RPCError::Timeout(_)) if sent > MIN_RPC_BUDGET => {
@@ -422,11 +433,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<CandidateId>, InstallSnapshotError> {
         let ttl = option.hard_ttl();
-        self.request(Kind::InstallSnapshot, RPCTypes::InstallSnapshot, &rpc, ttl)
+        let data = std::mem::take(&mut rpc.data);
+        let body = wire::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let action = RPCTypes::InstallSnapshot;
+        self.send(Kind::InstallSnapshot, action, (body, data), ttl)
             .await
     }
 

@@ -220,7 +220,8 @@ fn bad_requests_get_an_error_answer() {
         let request = RaftRequest {
             request_id: 1,
             kind: Kind::AppendEntries as i32,
-            body: b"not json".to_vec().into(),
+            body: b"not cbor".to_vec().into(),
+            data: Default::default(),
         };
         outsider
             .send(
@@ -248,16 +249,22 @@ fn bad_requests_get_an_error_answer() {
         let (probe, mut events) =
             NetEndpoint::bind(local, cluster.credentials(3), NetConfig::default()).expect("bind");
         let requests = [
-            (7, Kind::AppendEntries as i32, b"not json".to_vec()),
+            (7, Kind::AppendEntries as i32, b"not cbor".to_vec()),
             (8, 42, b"{}".to_vec()),
             (9, Kind::Vote as i32, b"{\"vote\":1}".to_vec()),
             (10, Kind::InstallSnapshot as i32, Vec::new()),
+            (
+                11,
+                Kind::InstallSnapshot as i32,
+                snapshot_chunk_inside_body(3),
+            ),
         ];
         for (request_id, kind, body) in requests {
             let request = RaftRequest {
                 request_id,
                 kind,
                 body: body.into(),
+                data: Default::default(),
             };
             probe
                 .send(
@@ -268,7 +275,7 @@ fn bad_requests_get_an_error_answer() {
                 .expect("send");
         }
         let mut answered = BTreeSet::new();
-        while answered.len() < 4 {
+        while answered.len() < 5 {
             let event = tokio::time::timeout(PATIENCE, events.recv())
                 .await
                 .expect("an answer")
@@ -278,11 +285,18 @@ fn bad_requests_get_an_error_answer() {
                     assert_eq!(from.node_id, 1);
                     assert!(!response.error.is_empty(), "{response:?}");
                     assert!(response.body.is_empty());
+                    if response.request_id == 11 {
+                        assert!(
+                            response.error.contains("inside the body"),
+                            "{}",
+                            response.error
+                        );
+                    }
                     answered.insert(response.request_id);
                 }
             }
         }
-        assert_eq!(answered, BTreeSet::from([7, 8, 9, 10]));
+        assert_eq!(answered, BTreeSet::from([7, 8, 9, 10, 11]));
         // A response nobody asked for completes nothing.
         let stray = RaftResponse {
             request_id: 1,
@@ -420,4 +434,14 @@ fn a_single_candidate_group_keeps_its_last_voter() {
         assert_eq!(cluster.group(1).status().await.voters, vec![1]);
         cluster.stop_all().await;
     });
+}
+
+/// An InstallSnapshot in `from`'s own name whose chunk is inside the encoded request instead
+/// of beside it.
+fn snapshot_chunk_inside_body(from: u64) -> Vec<u8> {
+    let json = format!(
+        r#"{{"vote":{{"leader_id":{{"term":1,"node_id":{from}}},"committed":true}},"meta":{{"last_log_id":null,"last_membership":{{"log_id":null,"membership":{{"configs":[],"nodes":{{}}}}}},"snapshot_id":"x"}},"offset":0,"data":[1,2,3],"done":true}}"#
+    );
+    let value: serde_json::Value = serde_json::from_str(&json).expect("test JSON");
+    canopy_raft::wire::encode(&value).expect("encodes")
 }

@@ -19,7 +19,8 @@ fn append_entries(term: u64, leader: NodeId) -> ControlMessage {
     ControlMessage::new(Body::RaftRequest(RaftRequest {
         request_id: 1,
         kind: raft_request::Kind::AppendEntries as i32,
-        body: Bytes::from(body),
+        body: crate::support::raft_body(&body),
+        data: Bytes::new(),
     }))
 }
 

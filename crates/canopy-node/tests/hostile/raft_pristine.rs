@@ -65,7 +65,8 @@ async fn a_non_member_cannot_capture_a_pristine_candidate() {
         ControlMessage::new(Body::RaftRequest(RaftRequest {
             request_id: 1,
             kind: raft_request::Kind::AppendEntries as i32,
-            body: Bytes::from(body),
+            body: crate::support::raft_body(&body),
+            data: Bytes::new(),
         })),
     );
     let mut stranger = stranger;

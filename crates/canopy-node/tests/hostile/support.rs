@@ -228,3 +228,9 @@ impl Rogue {
         self.endpoint.shutdown().await;
     }
 }
+
+/// A Raft request body as a peer would encode it (CBOR), written as JSON for readability.
+pub fn raft_body(json: &str) -> Bytes {
+    let value: serde_json::Value = serde_json::from_str(json).expect("test JSON");
+    Bytes::from(canopy_raft::wire::encode(&value).expect("encodes"))
+}

@@ -63,7 +63,7 @@ pub fn spawn_pump(group: RootGroup, mut events: NetEvents) -> JoinHandle<()> {
                     }
                 }
                 NetEvent::LinkClosed { peer, .. } => group.on_link_closed(peer),
-                NetEvent::LinkUp { .. } => {}
+                NetEvent::LinkUp { .. } | NetEvent::Busy { .. } => {}
             }
         }
     })
