@@ -168,7 +168,6 @@ pub fn authorize(from: &Identity, msg: &ControlMessage, max_frame: usize) -> Res
         Body::Disconnect(m) => same_node(m.sender_id),
         Body::InterestSnapshot(_) => Ok(()),
         Body::Multicast(m) => {
-            same_node(m.last_hop)?;
             // A client has no subtree: whatever it sends, it originates.
             if role == CertRole::Client && m.origin != from.node_id {
                 return Err(Refusal::WrongNode {

@@ -126,21 +126,17 @@ fn body() -> impl Strategy<Value = Body> {
                 assignment_id,
             })
         }),
-        (
-            peer(),
-            prop::sample::select(vec![0u64, 0xAB, node_tag(ME)]),
-            peer()
-        )
-            .prop_map(|(origin, key_tag, last_hop)| {
+        (peer(), prop::sample::select(vec![0u64, 0xAB, node_tag(ME)]),).prop_map(
+            |(origin, key_tag)| {
                 Body::Multicast(v1::Multicast {
                     origin,
                     key_tag,
                     origin_seq: 1,
                     key_seq: 1,
                     payload: Bytes::from_static(b"x"),
-                    last_hop,
                 })
-            }),
+            }
+        ),
     ]
 }
 

@@ -199,7 +199,6 @@ async fn a_client_cannot_publish_as_another() {
         origin_seq: 1,
         key_seq: 1,
         payload: bytes::Bytes::from_static(b"forged"),
-        last_hop: 990,
     };
     rogue.send(parent, addr, ControlMessage::new(Body::Multicast(forged)));
     let reason = rogue.closed_by(parent, Duration::from_secs(10)).await;

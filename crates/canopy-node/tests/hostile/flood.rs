@@ -142,7 +142,6 @@ async fn flood(
                 origin_seq: seq,
                 key_seq: seq,
                 payload: Bytes::from_static(&[0u8; 64]),
-                last_hop: id,
             };
             rogue.send(parent, addr, ControlMessage::new(Body::Multicast(m)));
         }

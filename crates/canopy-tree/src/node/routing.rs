@@ -20,7 +20,6 @@ impl Node {
             origin_seq: self.origin_seq,
             key_seq: *key_seq,
             payload,
-            last_hop: self.id,
         };
         if self.parent.is_none() && self.root.is_none() {
             out.push(Output::Event(TreeEvent::PublishedWhileDetached));
@@ -39,7 +38,8 @@ impl Node {
             self.dropped(from, "multicast", DropReason::NotANeighbour, out);
             return;
         }
-        if multicast.last_hop != from || multicast.origin == self.id {
+        // The transport names the link a copy arrived on; a copy of our own is a loop.
+        if multicast.origin == self.id {
             self.dropped(from, "multicast", DropReason::Malformed, out);
             return;
         }
@@ -58,14 +58,8 @@ impl Node {
     }
 
     /// Sends one copy to every tree neighbour except `arrived_from` whose subtree may want
-    /// the tag: at most (children + 1) copies.
-    fn forward(
-        &self,
-        mut multicast: Multicast,
-        arrived_from: Option<NodeId>,
-        out: &mut Vec<Output>,
-    ) {
-        multicast.last_hop = self.id;
+    /// the tag: at most (children + 1) copies, all identical (the driver encodes it once).
+    fn forward(&self, multicast: Multicast, arrived_from: Option<NodeId>, out: &mut Vec<Output>) {
         let tag = multicast.key_tag;
         let up = self.parent().filter(|&p| Some(p) != arrived_from);
         let down = self.children.iter().filter(|(&id, link)| {
