@@ -160,12 +160,29 @@ fn head_key(tag: u64, origin: u64) -> [u8; 16] {
 const OWN_SEQ: &[u8] = b"origin_seq";
 const OWN_HLC: &[u8] = b"hlc";
 
+/// How long opening waits for another handle's lock on the database to go.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
     pub fn open(path: &Path, cache_capacity: u64) -> Result<Store, KvError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .cache_capacity(cache_capacity)
-            .open()?;
+            .cache_capacity(cache_capacity);
+        // sled's background flusher holds the lock of a just-dropped database a moment
+        // longer: a replica reopened at once (a restart) waits for it, a little.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Store {
             records: db.open_tree("records")?,
             heads: db.open_tree("heads")?,

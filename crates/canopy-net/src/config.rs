@@ -15,6 +15,8 @@ use crate::identity::{Identity, NodeId};
 pub const EVENT_QUEUE: usize = 1024;
 /// Capacity of the data lane of [`NetEvents`](crate::NetEvents) (multicast messages).
 pub const DATA_EVENT_QUEUE: usize = 1024;
+/// Capacity of the Raft lane (Raft requests and responses from root candidates).
+pub const RAFT_EVENT_QUEUE: usize = 1024;
 /// Concurrent unidirectional streams a peer may open (it needs two).
 const MAX_UNI_STREAMS: u32 = 4;
 
@@ -43,6 +45,11 @@ pub struct NetConfig {
     /// Established connections at once (inbound and outbound). Inbound connections over the
     /// bound are refused; outbound dials are never refused but count.
     pub max_connections: usize,
+    /// Inbound handshakes under way at once; more wait their turn (see `handshake_queue`).
+    pub max_handshakes: usize,
+    /// Inbound connections that may wait for their handshake to begin; more are refused
+    /// before the handshake (cheaply) and their diallers told to come back later.
+    pub handshake_queue: usize,
     /// How often live links are re-checked (expired peer certificates are closed).
     pub recheck_interval: Duration,
     /// How long a peer whose link was closed for breaking the protocol or a bound (bad frames,
@@ -64,6 +71,8 @@ impl Default for NetConfig {
             data_rate_per_link: 50_000,
             control_rate_per_link: 2_000,
             max_connections: 16_384,
+            max_handshakes: 64,
+            handshake_queue: 2048,
             recheck_interval: Duration::from_secs(1),
             ban_after_violation: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
@@ -83,11 +92,12 @@ impl NetConfig {
         if self.data_rate_per_link == 0
             || self.control_rate_per_link == 0
             || self.max_connections == 0
+            || self.max_handshakes == 0
             || self.recheck_interval.is_zero()
         {
             return Err(NetError::Config(
-                "data_rate_per_link, control_rate_per_link, max_connections and \
-                 recheck_interval must be positive"
+                "data_rate_per_link, control_rate_per_link, max_connections, max_handshakes \
+                 and recheck_interval must be positive"
                     .into(),
             ));
         }
@@ -131,6 +141,10 @@ pub enum NetEvent {
     /// replaced by a newer one (a `LinkUp` follows). Messages received after it come from a
     /// new session.
     LinkClosed { peer: NodeId, reason: String },
+    /// A dial to `peer` was refused because the peer is at capacity (too many connections,
+    /// or too many handshakes at once); follows the dial's `LinkClosed`. Try again later,
+    /// with jitter: the peer is up.
+    Busy { peer: NodeId },
 }
 
 /// Why an endpoint could not be created.

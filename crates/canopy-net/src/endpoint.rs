@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use canopy_proto::{Body, ControlMessage, FrameCodec};
 use quinn::{Connection, VarInt};
 use tokio::sync::mpsc::error::TrySendError;
@@ -146,6 +146,14 @@ impl Link {
     }
 }
 
+/// A message encoded as one frame: cheap to clone, the same bytes queued on every link.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    bytes: Bytes,
+    /// A multicast: it goes on the data stream.
+    is_data: bool,
+}
+
 impl NetEndpoint {
     /// Binds a quinn endpoint (server + client) on `addr`; inbound events go to the returned
     /// [`NetEvents`] lanes. Must be called inside a tokio runtime.
@@ -241,11 +249,30 @@ impl NetEndpoint {
         addr: Option<SocketAddr>,
         msg: ControlMessage,
     ) -> Result<(), SendError> {
-        let shared = &self.handle.shared;
-        let is_data = matches!(msg.body, Some(Body::Multicast(_)));
+        let frame = self.encode(&msg)?;
+        self.send_encoded(peer, addr, &frame)
+    }
+
+    /// Encodes `msg` once, for [`NetEndpoint::send_encoded`] to queue on any number of links
+    /// (a router forwarding a multicast to several children).
+    pub fn encode(&self, msg: &ControlMessage) -> Result<EncodedFrame, SendError> {
         let mut frame = BytesMut::new();
-        shared.codec.encode_into(&msg, &mut frame)?;
-        let frame = frame.freeze();
+        self.handle.shared.codec.encode_into(msg, &mut frame)?;
+        Ok(EncodedFrame {
+            bytes: frame.freeze(),
+            is_data: matches!(msg.body, Some(Body::Multicast(_))),
+        })
+    }
+
+    /// [`NetEndpoint::send`] of a message already encoded.
+    pub fn send_encoded(
+        &self,
+        peer: NodeId,
+        addr: Option<SocketAddr>,
+        frame: &EncodedFrame,
+    ) -> Result<(), SendError> {
+        let shared = &self.handle.shared;
+        let (is_data, frame) = (frame.is_data, frame.bytes.clone());
         let result = {
             let mut state = shared.lock();
             if state.shut_down {
@@ -327,6 +354,28 @@ impl NetEndpoint {
             "closing link and refusing the peer for a while"
         );
         self.handle.shared.close_peer(peer, CLOSE_IDENTITY, reason);
+    }
+
+    /// Closes the link(s) to `peer` like [`NetEndpoint::close_link`] if there are any;
+    /// quietly does nothing otherwise. Returns whether a link was closed.
+    pub fn close_link_if_open(&self, peer: NodeId, reason: &str) -> bool {
+        let open = self.handle.shared.lock().links.contains_key(&peer);
+        open && {
+            debug!(peer, reason, "closing link");
+            self.handle.shared.close_peer(peer, CLOSE_NORMAL, reason)
+        }
+    }
+
+    /// Whether a dial to `peer` is under way and no connection to it is live: closing it
+    /// would throw away a handshake that is merely slow.
+    pub fn is_dialling(&self, peer: NodeId) -> bool {
+        let state = self.handle.shared.lock();
+        state.links.get(&peer).is_some_and(|links| {
+            !links.iter().any(Link::is_live)
+                && links
+                    .iter()
+                    .any(|l| l.conn.is_none() && !l.senders.control.is_closed())
+        })
     }
 
     /// Closes the link(s) to `peer` with a reason (sent as the QUIC close reason and logged).

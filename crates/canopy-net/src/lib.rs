@@ -25,7 +25,7 @@
 //! - [`reload`]: [`NetEndpoint::reload`] and [`NetEndpoint::add_revocations`] change it and
 //!   close the live links it no longer accepts ([`TrustUpdate`]).
 //! - [`config`]: [`NetConfig`], [`NetEvent`] and the endpoint's errors.
-//! - [`events`]: [`NetEvents`], the two receive lanes (control before data).
+//! - [`events`]: [`NetEvents`], the three receive lanes (Raft, then control, then data).
 //! - [`stats`]: [`NetStats`], the endpoint's refusal and close counters.
 //! - [`sweep`]: [`PeerCert`]; live links are re-checked (expired certificates are closed).
 //! - [`endpoint`]: [`NetEndpoint`], which accepts and dials links, sends
@@ -73,10 +73,12 @@ pub mod tls;
 pub use authority::{verify_with, Authority, CheckedCertificate, KeyAlgorithm, SignatureError};
 pub use cert_info::{fingerprint, hex, parse_serial, pem_certificates, CertificateInfo};
 pub use certs::{default_validity, parse_identity, CertError, CertificateAuthority, IssuedCert};
-pub use config::{NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE};
+pub use config::{
+    NetConfig, NetError, NetEvent, SendError, DATA_EVENT_QUEUE, EVENT_QUEUE, RAFT_EVENT_QUEUE,
+};
 pub use crl::{RevocationList, RevocationSet};
 pub use crl_issue::{RevocationReason, RevokedSerial};
-pub use endpoint::{NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
+pub use endpoint::{EncodedFrame, NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
 pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
 pub use link::{

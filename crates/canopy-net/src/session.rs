@@ -3,9 +3,10 @@
 //! session per node: a newer one replaces the older) and running it as a link until it ends.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use quinn::Connection;
+use quinn::{Connection, ConnectionError};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -16,7 +17,7 @@ use crate::endpoint::{Link, Shared, SHUTDOWN_GRACE, SIMULTANEOUS_DIAL_WINDOW};
 use crate::identity::{server_name_for, Identity, NodeId};
 use crate::limits::ReadLimits;
 use crate::link::{self, Cause, LinkEnd, LinkQueues, CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL};
-use crate::stats::{bump, ConnSlot};
+use crate::stats::{bump, ConnSlot, HandshakeSlot};
 use crate::sweep::PeerCert;
 
 /// The close reason of a session replaced by a newer one from the same node.
@@ -272,9 +273,11 @@ impl Shared {
     }
 
     /// Checks an inbound connection's certificate identity and runs it as a link.
-    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, handshake: HandshakeSlot) {
         let remote = incoming.remote_address();
-        let conn = match incoming.await {
+        let accepted = incoming.await;
+        drop(handshake);
+        let conn = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 bump(&self.counters.handshakes_failed);
@@ -322,15 +325,50 @@ impl Shared {
 /// Accepts inbound connections until the endpoint closes; over `max_connections`, refuses
 /// them before the handshake.
 pub(crate) async fn accept_loop(shared: Arc<Shared>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(shared.config.max_handshakes));
+    let waiting = |shared: &Shared| shared.counters.handshakes_waiting.load(Ordering::Acquire);
     while let Some(incoming) = shared.endpoint.accept().await {
         if !shared.counters.below(shared.config.max_connections) {
             shared.refuse_over_limit(incoming.remote_address());
             incoming.refuse();
             continue;
         }
-        shared
-            .runtime
-            .spawn(shared.clone().handle_incoming(incoming));
+        // Handshakes cost CPU (signatures, certificate checks): `max_handshakes` run at
+        // once and up to `handshake_queue` more wait their turn in arrival order (their
+        // diallers only resend their first packet meanwhile). Past that a dialler is refused
+        // at once, which costs one packet, and told to come back later (`NetEvent::Busy`),
+        // rather than queueing until its handshake times out and it dials again.
+        match gate.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let slot = shared.counters.handshake(permit);
+                shared
+                    .runtime
+                    .spawn(shared.clone().handle_incoming(incoming, slot));
+            }
+            Err(_) if waiting(&shared) < shared.config.handshake_queue as u64 => {
+                let (shared, gate) = (shared.clone(), gate.clone());
+                shared
+                    .counters
+                    .handshakes_waiting
+                    .fetch_add(1, Ordering::AcqRel);
+                shared.runtime.clone().spawn(async move {
+                    let permit = gate.acquire_owned().await;
+                    shared
+                        .counters
+                        .handshakes_waiting
+                        .fetch_sub(1, Ordering::AcqRel);
+                    if let Ok(permit) = permit {
+                        let slot = shared.counters.handshake(permit);
+                        shared.handle_incoming(incoming, slot).await;
+                    }
+                });
+            }
+            Err(_) => {
+                bump(&shared.counters.refused_busy);
+                debug!(remote = %incoming.remote_address(), "refused inbound connection: too many handshakes");
+                incoming.refuse();
+            }
+        }
     }
     debug!(node = shared.identity.node_id, "accept loop ended");
 }
@@ -353,12 +391,48 @@ pub(crate) async fn dial(
                 .run_link(conn, identity, cert, origin, slot, ended)
                 .await
         }
-        Err(reason) => {
-            warn!(peer, %addr, %reason, "dial failed");
+        Err(DialFailure { reason, busy }) => {
+            if busy {
+                bump(&shared.counters.dials_refused_busy);
+                debug!(peer, %addr, %reason, "dial refused: the peer is busy");
+            } else {
+                warn!(peer, %addr, %reason, "dial failed");
+            }
             if let Some(event) = shared.remove_link(peer, id, format!("dial failed: {reason}")) {
                 let _ = shared.events.control.send(event).await;
             }
+            if busy {
+                let _ = shared.events.control.send(NetEvent::Busy { peer }).await;
+            }
         }
+    }
+}
+
+/// Why a dial did not become a link.
+struct DialFailure {
+    reason: String,
+    /// The peer refused for being at capacity (it is up: ask again later).
+    busy: bool,
+}
+
+impl From<String> for DialFailure {
+    fn from(reason: String) -> Self {
+        DialFailure {
+            reason,
+            busy: false,
+        }
+    }
+}
+
+/// Whether a connection error is a refusal for being at capacity: QUIC's CONNECTION_REFUSED
+/// (refused before the handshake) or our own busy close (after it).
+fn refused_busy(e: &ConnectionError) -> bool {
+    match e {
+        ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        }
+        ConnectionError::ApplicationClosed(close) => close.error_code == CLOSE_BUSY,
+        _ => false,
     }
 }
 
@@ -366,14 +440,17 @@ async fn connect(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
-) -> Result<(Connection, Identity, PeerCert), String> {
+) -> Result<(Connection, Identity, PeerCert), DialFailure> {
     let cluster = &shared.identity.cluster;
     let conn = shared
         .endpoint
         .connect(addr, &server_name_for(cluster, peer))
         .map_err(|e| e.to_string())?
         .await
-        .map_err(|e| link::describe(&e))?;
+        .map_err(|e| DialFailure {
+            reason: link::describe(&e),
+            busy: refused_busy(&e),
+        })?;
     let refuse = |reason: String| {
         bump(&shared.counters.refused_identity);
         close_with(&conn, reason)
@@ -382,7 +459,8 @@ async fn connect(
     if identity.node_id != peer || identity.cluster != *cluster {
         return Err(refuse(format!(
             "dialled node {peer} of {cluster} but reached {identity}"
-        )));
+        ))
+        .into());
     }
     Ok((conn, identity, cert))
 }

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 /// A snapshot of [`NetEndpoint::stats`](crate::NetEndpoint::stats): counters since the
 /// endpoint was bound, and `connections`, a gauge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,8 +42,18 @@ pub struct NetStats {
     /// Times a link's reader waited because the peer sent multicasts faster than
     /// `data_rate_per_link`.
     pub data_throttled: u64,
+    /// Inbound connections refused before their handshake because `max_handshakes` were
+    /// under way and `handshake_queue` more waiting (the dialler is told it is busy and comes
+    /// back later).
+    pub refused_busy: u64,
+    /// Own dials the peer refused for being busy.
+    pub dials_refused_busy: u64,
     /// Established connections now (gauge).
     pub connections: u64,
+    /// Inbound handshakes under way now (gauge).
+    pub handshakes: u64,
+    /// Inbound connections waiting for their handshake to begin (gauge).
+    pub handshakes_waiting: u64,
 }
 
 /// The live counters behind [`NetStats`].
@@ -60,7 +72,11 @@ pub(crate) struct Counters {
     pub links_moved: AtomicU64,
     pub closed_queue_full: AtomicU64,
     pub data_throttled: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub dials_refused_busy: AtomicU64,
     connections: AtomicU64,
+    handshakes: AtomicU64,
+    pub handshakes_waiting: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -86,7 +102,11 @@ impl Counters {
             links_moved: get(&self.links_moved),
             closed_queue_full: get(&self.closed_queue_full),
             data_throttled: get(&self.data_throttled),
+            refused_busy: get(&self.refused_busy),
+            dials_refused_busy: get(&self.dials_refused_busy),
             connections: get(&self.connections),
+            handshakes: get(&self.handshakes),
+            handshakes_waiting: get(&self.handshakes_waiting),
         }
     }
 
@@ -105,6 +125,16 @@ impl Counters {
             .map(|_| ConnSlot {
                 counters: self.clone(),
             })
+    }
+
+    /// Counts a handshake under way until the slot is dropped; `permit` is its turn at the
+    /// endpoint's handshake gate, given back with it.
+    pub fn handshake(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> HandshakeSlot {
+        self.handshakes.fetch_add(1, Ordering::AcqRel);
+        HandshakeSlot {
+            counters: self.clone(),
+            _permit: permit,
+        }
     }
 
     /// Takes a connection slot regardless of the bound (own dials).
@@ -128,6 +158,19 @@ impl Drop for ConnSlot {
     }
 }
 
+/// One inbound handshake under way; released on drop.
+#[derive(Debug)]
+pub(crate) struct HandshakeSlot {
+    counters: Arc<Counters>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.counters.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +189,13 @@ mod tests {
         assert!(counters.below(2));
         assert!(counters.try_slot(2).is_some());
         assert_eq!(counters.snapshot().connections, 1);
+        let gate = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = gate.clone().try_acquire_owned().expect("permit");
+        let h = counters.handshake(permit);
+        assert_eq!(counters.snapshot().handshakes, 1);
+        assert!(gate.clone().try_acquire_owned().is_err());
+        drop(h);
+        assert_eq!(counters.snapshot().handshakes, 0);
+        assert!(gate.try_acquire_owned().is_ok());
     }
 }

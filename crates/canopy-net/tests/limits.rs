@@ -217,3 +217,113 @@ async fn connections_over_the_bound_are_refused() {
     assert_eq!(server.stats().refused_over_limit, 1);
     server.shutdown().await;
 }
+
+/// A storm of dials against an endpoint that runs one handshake at a time and queues none:
+/// each dialler either gets its link or is told at once that the endpoint is busy (no
+/// handshake timeout, no silent loss), and a busy one that dials again later gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_dials_is_refused_as_busy_beyond_the_handshake_bound() {
+    init_tracing();
+    let ca = ca();
+    let config = NetConfig {
+        max_handshakes: 1,
+        handshake_queue: 0,
+        ..NetConfig::default()
+    };
+    let (server, mut server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
+    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
+    for (id, (dialler, _)) in &diallers {
+        dialler
+            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
+            .expect("queued on the dial");
+    }
+    let (mut up, mut busy) = (Vec::new(), Vec::new());
+    for (id, (_, rx)) in &mut diallers {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match next_event(rx).await {
+                    NetEvent::LinkUp { .. } => return true,
+                    NetEvent::Busy { peer: SERVER } => return false,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("every dial ends in a link or a busy refusal");
+        if outcome {
+            up.push(*id);
+        } else {
+            busy.push(*id);
+        }
+    }
+    assert!(!up.is_empty(), "someone got in");
+    assert!(
+        !busy.is_empty(),
+        "a bound of one handshake refused some of 12"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.refused_busy, busy.len() as u64, "{stats:?}");
+    assert_eq!(stats.handshakes_failed, 0, "{stats:?}");
+    for (id, (dialler, _)) in &diallers {
+        if busy.contains(id) {
+            assert_eq!(dialler.stats().dials_refused_busy, 1);
+        }
+    }
+    // The ones that got in delivered what they had queued.
+    for _ in &up {
+        match next_event(&mut server_rx).await {
+            NetEvent::Message { .. } | NetEvent::LinkUp { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A refused dialler that comes back one at a time gets in.
+    let retry = busy[0];
+    let (dialler, rx) = &mut diallers
+        .iter_mut()
+        .find(|(id, _)| *id == retry)
+        .expect("dialler")
+        .1;
+    dialler
+        .send(SERVER, Some(server.local_addr()), heartbeat(retry, 1))
+        .expect("queued");
+    link_up(rx, SERVER).await;
+}
+
+/// With room in the handshake queue, the same storm waits its turn: everyone gets in, one
+/// handshake at a time, and nobody is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_dials_within_the_queue_waits_its_turn() {
+    init_tracing();
+    let ca = ca();
+    let config = NetConfig {
+        max_handshakes: 1,
+        handshake_queue: 16,
+        ..NetConfig::default()
+    };
+    let (server, _server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
+    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
+    for (id, (dialler, _)) in &diallers {
+        dialler
+            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
+            .expect("queued on the dial");
+    }
+    for (_, (_, rx)) in &mut diallers {
+        link_up(rx, SERVER).await;
+    }
+    // The server registers each connection just after its dialler sees it up.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stats = loop {
+        let stats = server.stats();
+        if stats.connections == 12 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(stats.refused_busy, 0, "{stats:?}");
+    assert_eq!(stats.connections, 12, "{stats:?}");
+    assert_eq!(
+        (stats.handshakes, stats.handshakes_waiting),
+        (0, 0),
+        "{stats:?}"
+    );
+}

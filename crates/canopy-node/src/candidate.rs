@@ -109,6 +109,10 @@ impl Candidate {
         (candidate, channels)
     }
 
+    pub(crate) fn group(&self) -> &RootGroup {
+        &self.group
+    }
+
     pub(crate) fn on_link_closed(&self, peer: canopy_tree::NodeId) {
         self.group.on_link_closed(peer);
     }
@@ -160,6 +164,33 @@ impl Candidate {
 
     pub(crate) fn elect(&self) {
         self.group.elect();
+    }
+}
+
+/// Serves the endpoint's Raft lane: checks every message against its sender's certificate
+/// as the node's control path would (`authorize`: only root candidates speak Raft, sizes
+/// bounded), refuses and bans a sender that may not (counted in `refused`), and hands the
+/// rest to the group, which answers requests on tasks of its own and checks membership.
+pub(crate) async fn serve_raft_lane(
+    group: RootGroup,
+    net: canopy_net::NetEndpoint,
+    mut lane: mpsc::Receiver<canopy_net::NetEvent>,
+    ban: Duration,
+    refused: Arc<AtomicU64>,
+) {
+    while let Some(event) = lane.recv().await {
+        let canopy_net::NetEvent::Message { from, msg } = event else {
+            continue;
+        };
+        if let Err(refusal) = crate::authorize(&from, &msg, net.max_frame_len()) {
+            refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = from.node_id, %refusal, "refusing peer");
+            net.ban(from.node_id, ban, &refusal.to_string());
+            continue;
+        }
+        if let Some(body) = msg.body {
+            group.on_message(from.node_id, body);
+        }
     }
 }
 

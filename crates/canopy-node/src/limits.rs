@@ -53,6 +53,11 @@ pub struct PeerLimits {
     pub check_join_address_ip: bool,
     /// Established connections a node holds at most (transport).
     pub max_connections: usize,
+    /// Inbound handshakes under way at once; more are refused at once and told to come back
+    /// later (transport; what keeps a root responsive in a join storm).
+    pub max_handshakes: usize,
+    /// Inbound connections that may wait for their handshake; more are refused as busy.
+    pub handshake_queue: usize,
     /// Non-multicast messages per second one link may carry (burst twice that); over it the
     /// link is closed (transport).
     pub control_rate_per_link: u32,
@@ -84,6 +89,8 @@ impl Default for PeerLimits {
             max_subtree_nodes: tree.max_subtree_nodes,
             check_join_address_ip: true,
             max_connections: net.max_connections,
+            max_handshakes: net.max_handshakes,
+            handshake_queue: net.handshake_queue,
             control_rate_per_link: net.control_rate_per_link,
             data_rate_per_link: net.data_rate_per_link,
             max_queued_bytes_per_link: net.max_queued_bytes_per_link,
@@ -97,6 +104,8 @@ impl PeerLimits {
     pub fn net_config(&self, net: NetConfig) -> NetConfig {
         NetConfig {
             max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            handshake_queue: self.handshake_queue,
             control_rate_per_link: self.control_rate_per_link,
             data_rate_per_link: self.data_rate_per_link,
             max_queued_bytes_per_link: self.max_queued_bytes_per_link,
@@ -144,6 +153,7 @@ impl PeerLimits {
         }
         let counts = [
             ("limits.max_connections", self.max_connections as u64),
+            ("limits.max_handshakes", self.max_handshakes as u64),
             (
                 "limits.control_rate_per_link",
                 u64::from(self.control_rate_per_link),

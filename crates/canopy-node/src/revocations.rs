@@ -175,6 +175,41 @@ impl Runtime {
         }
     }
 
+    /// A serving root that loses a router sends the lists in force straight to that
+    /// router's children (from its view), before it forgets the router: a router dropped
+    /// because it was revoked would otherwise be the only one to tell them, and its parent
+    /// closed its link the moment the lists came into force. Routers further down pass them
+    /// on as usual. A router lost for another reason costs its children one message.
+    pub(crate) fn push_lists_past(&mut self, lost: NodeId) {
+        if !self.node.is_serving_root() {
+            return;
+        }
+        let lists = self.net.revocations();
+        if lists.is_empty() {
+            return;
+        }
+        let Some(view) = self.node.view() else {
+            return;
+        };
+        let Some(entry) = view.get(lost).filter(|e| e.role.is_router()) else {
+            return;
+        };
+        let children: Vec<(NodeId, Option<std::net::SocketAddr>)> = entry
+            .children()
+            .filter_map(|c| view.get(c).map(|e| (c, e.address.parse().ok())))
+            .collect();
+        let generation = self.net.tls_generation();
+        for (child, address) in children {
+            if self
+                .net
+                .send(child, address, message(lists.clone()))
+                .is_ok()
+            {
+                self.revocations.sent.insert(child, generation);
+            }
+        }
+    }
+
     /// Before anything goes to a child: if it has not had the lists in force, they go first
     /// (a child that attached after they changed, or reattached).
     pub(crate) fn revocations_before_send(&mut self, to: NodeId) {

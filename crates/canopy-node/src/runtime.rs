@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use canopy_net::{Identity, NetEndpoint, NetEvent, SendError};
+use canopy_net::{EncodedFrame, Identity, NetEndpoint, NetEvent, SendError};
 use canopy_proto::v1::Multicast;
 use canopy_proto::{Body, ControlMessage};
 use canopy_tree::{
@@ -77,6 +77,8 @@ pub struct NodeCounters {
     pub became_root: u64,
     /// Times it stopped serving as root.
     pub stepped_down: u64,
+    /// Join requests sent (first tries, retries and redirects).
+    pub join_requests: u64,
 }
 
 /// A snapshot of a node's state.
@@ -407,6 +409,8 @@ fn spawn(
         topology: topology_tx,
         tamper: tamper.clone(),
         revocations: RevocationRelay::default(),
+        raft_refused: Arc::default(),
+        last_multicast: None,
     };
     let task = tokio::spawn(runtime.run(events, command_rx, channels));
     let handle = NodeHandle {
@@ -450,6 +454,11 @@ pub(crate) struct Runtime {
     tamper: SharedTamper,
     /// Which children have had the revocation lists in force.
     pub(crate) revocations: RevocationRelay,
+    /// Refusals made on the Raft lane's own task (added into `refused`).
+    raft_refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The multicast last encoded while handling one input, and its frame: every copy a
+    /// node forwards is the same message, so it is encoded once, not once per link.
+    last_multicast: Option<(Multicast, EncodedFrame)>,
 }
 
 impl Runtime {
@@ -479,6 +488,7 @@ impl Runtime {
             self.apply(output);
         }
         self.outputs = outputs;
+        self.last_multicast = None;
         let topology = Topology {
             epoch: self.node.epoch(),
             parent: self.node.parent(),
@@ -497,6 +507,19 @@ impl Runtime {
         mut channels: Option<CandidateChannels>,
     ) {
         self.handle(Input::Start);
+        // Raft has a lane and a task of its own, so a storm of joins or data on this node
+        // never delays the root group's heartbeats. Dropping the set (the node stopped or
+        // was aborted) stops that task too.
+        let mut raft_lane = tokio::task::JoinSet::new();
+        if let (Some(candidate), Some(lane)) = (&self.candidate, events.take_raft()) {
+            raft_lane.spawn(crate::candidate::serve_raft_lane(
+                candidate.group().clone(),
+                self.net.clone(),
+                lane,
+                self.limits.ban(),
+                self.raft_refused.clone(),
+            ));
+        }
         loop {
             let candidate_event = async {
                 match channels.as_mut() {
@@ -536,6 +559,7 @@ impl Runtime {
                 event = candidate_event => self.on_candidate_event(event),
             }
         }
+        raft_lane.abort_all();
         debug!(node = self.node.id(), "node task stopped");
     }
 
@@ -592,7 +616,12 @@ impl Runtime {
                     candidate.on_link_closed(peer);
                 }
                 self.revocations.forget(peer);
+                self.push_lists_past(peer);
                 self.handle(Input::LinkClosed { peer });
+            }
+            NetEvent::Busy { peer } => {
+                debug!(node = self.node.id(), peer, "peer busy; asking again later");
+                self.handle(Input::Busy { peer });
             }
         }
     }
@@ -677,7 +706,11 @@ impl Runtime {
             joining: self.node.is_joining(),
             epoch: self.node.epoch(),
             children: self.node.children().collect(),
-            counters: self.counters,
+            counters: NodeCounters {
+                refused: self.counters.refused
+                    + self.raft_refused.load(std::sync::atomic::Ordering::Relaxed),
+                ..self.counters
+            },
             view_size: self.node.view().map(|v| v.len()),
             serving_root: self.node.is_serving_root(),
             known_leader: self.node.known_leader(),
@@ -733,6 +766,7 @@ impl Runtime {
                     }
                     TreeEvent::Dropped { .. } => self.counters.dropped += 1,
                     TreeEvent::BecameRoot { .. } => self.counters.became_root += 1,
+                    TreeEvent::ParentChanged { parent, .. } => self.close_join_links(parent),
                     TreeEvent::SteppedDown { .. } => self.counters.stepped_down += 1,
                     TreeEvent::ParentTimedOut { .. }
                     | TreeEvent::ChildRemoved {
@@ -779,6 +813,25 @@ impl Runtime {
         }
     }
 
+    /// A node placed under a router closes the links it opened to ask root candidates for a
+    /// place: the root would otherwise hold one idle connection (and its keep-alives) per
+    /// node of the tree. Root candidates keep theirs (Raft runs over them).
+    fn close_join_links(&mut self, parent: NodeId) {
+        if self.candidate.is_some() || self.node.role().is_root() {
+            return;
+        }
+        let asked: Vec<NodeId> = self
+            .node
+            .root_candidates()
+            .iter()
+            .map(|r| r.id)
+            .filter(|&id| id != parent)
+            .collect();
+        for candidate in asked {
+            self.net.close_link_if_open(candidate, "attached elsewhere");
+        }
+    }
+
     pub(crate) fn send(&mut self, to: NodeId, msg: ControlMessage) {
         if let Some(Body::Multicast(multicast)) = &msg.body {
             let tampered = match self.tamper.lock() {
@@ -807,21 +860,45 @@ impl Runtime {
             self.counters.control_sent += 1;
         }
         if let Some(Body::JoinRequest(join)) = &msg.body {
+            self.counters.join_requests += 1;
             // A retry means the candidate did not answer: our connection to it may outlive
             // it (a candidate that crashed and restarted on the same address does not know
             // the old connection, and QUIC only notices at its idle timeout). Dial afresh.
-            if join.attempt > 0 {
+            if join.attempt > 0 && !self.net.is_dialling(to) {
                 self.net.close_link(to, "join retry");
             }
         }
         let addr = self.node.peer_address(to).and_then(|a| a.parse().ok());
-        if let Err(error) = self.net.send(to, addr, msg) {
+        if let Err(error) = self
+            .encoded(msg)
+            .and_then(|f| self.net.send_encoded(to, addr, &f))
+        {
             self.counters.send_failures += 1;
             warn!(node = self.node.id(), peer = to, %error, "send failed");
             if matches!(error, SendError::QueueFull) {
                 self.handle(Input::LinkClosed { peer: to });
             }
         }
+    }
+}
+
+impl Runtime {
+    /// `msg` as a frame, reusing the last multicast's encoding when `msg` is that multicast.
+    fn encoded(&mut self, msg: ControlMessage) -> Result<EncodedFrame, SendError> {
+        let Some(Body::Multicast(multicast)) = msg.body else {
+            return self.net.encode(&msg);
+        };
+        if let Some((last, frame)) = &self.last_multicast {
+            if *last == multicast {
+                return Ok(frame.clone());
+            }
+        }
+        let msg = ControlMessage::new(Body::Multicast(multicast));
+        let frame = self.net.encode(&msg)?;
+        if let Some(Body::Multicast(multicast)) = msg.body {
+            self.last_multicast = Some((multicast, frame.clone()));
+        }
+        Ok(frame)
     }
 }
 

@@ -25,6 +25,10 @@ pub enum Input {
     Leave,
     /// The transport lost its connection to a peer (the node treats the link as dead).
     LinkClosed { peer: NodeId },
+    /// `peer` refused a connection because it is at capacity (a root in a join storm): a
+    /// joiner waits a jittered while and asks the same candidate again, instead of taking
+    /// the refusal for a dead root and trying the others.
+    Busy { peer: NodeId },
     /// News from the root group (a replicated candidate only): `leader` leads in `term`.
     /// `contact` is when this candidate last had proof of it: as the leader, when it sent the
     /// last heartbeat a quorum acknowledged; as a follower, when it last accepted the

@@ -116,6 +116,9 @@ pub async fn message_from(
                     "link to {peer} closed: {reason}"
                 );
             }
+            NetEvent::Busy { peer } => {
+                assert!(peer != from, "{peer} refused us as busy");
+            }
         }
     }
 }

@@ -12,6 +12,30 @@ use super::{LocalCluster, LocalNode};
 use crate::spawn_candidate;
 
 impl LocalCluster {
+    /// Runs `f` where the tasks it spawns (and the endpoints it binds) go to candidate
+    /// `id`'s own runtime, one thread, started on first use.
+    pub(super) fn on_candidate_runtime<T>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Self) -> T,
+    ) -> anyhow::Result<T> {
+        let handle = match self.candidate_runtimes.get(&id) {
+            Some(runtime) => runtime.handle().clone(),
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(format!("candidate-{id}"))
+                    .enable_all()
+                    .build()?;
+                let handle = runtime.handle().clone();
+                self.candidate_runtimes.insert(id, runtime);
+                handle
+            }
+        };
+        let _entered = handle.enter();
+        Ok(f(self))
+    }
+
     pub(super) async fn open_group(&self, endpoint: &NetEndpoint) -> anyhow::Result<RootGroup> {
         let id = endpoint.identity().node_id;
         let config = GroupConfig {
@@ -21,10 +45,27 @@ impl LocalCluster {
             tree: Arc::new(self.spec.tree.clone()),
             snapshot_every: self.spec.snapshot_every,
         };
-        Ok(RootGroup::open(config, endpoint.clone()).await?)
+        let open = RootGroup::open(config, endpoint.clone());
+        let group = match self.candidate_runtimes.get(&id) {
+            Some(runtime) => runtime.spawn(open).await??,
+            None => open.await?,
+        };
+        Ok(group)
     }
 
     pub(super) fn spawn_candidate(
+        &mut self,
+        endpoint: NetEndpoint,
+        events: canopy_net::NetEvents,
+        group: RootGroup,
+    ) -> anyhow::Result<LocalNode> {
+        let id = endpoint.identity().node_id;
+        self.on_candidate_runtime(id, |cluster| {
+            cluster.spawn_candidate_here(endpoint, events, group)
+        })?
+    }
+
+    fn spawn_candidate_here(
         &mut self,
         endpoint: NetEndpoint,
         events: canopy_net::NetEvents,
@@ -67,7 +108,10 @@ impl LocalCluster {
         let creds = self.credentials(id, CertRole::RootCandidate)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let (endpoint, events) = loop {
-            match NetEndpoint::bind(address, creds.clone(), self.spec.net.clone()) {
+            let net = self.spec.net.clone();
+            match self
+                .on_candidate_runtime(id, |_| NetEndpoint::bind(address, creds.clone(), net))?
+            {
                 Ok(bound) => break bound,
                 // The killed incarnation's socket closes once its connections drain.
                 Err(e) if tokio::time::Instant::now() < deadline => {

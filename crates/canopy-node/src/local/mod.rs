@@ -20,6 +20,7 @@ use crate::{spawn_node, Delivery, NodeHandle, NodeStatus};
 mod candidates;
 mod kv;
 mod relay;
+mod storm;
 
 pub use relay::UdpRelay;
 
@@ -127,6 +128,18 @@ pub struct LocalCluster {
     /// Relays between root candidates, by (from, to), when their links are delayed.
     candidate_relays: BTreeMap<(NodeId, NodeId), UdpRelay>,
     kv_clients: Vec<LocalKvClient>,
+    /// Each root candidate's own thread: on a real deployment each candidate is a process
+    /// on a machine of its own, so a storm of thousands of nodes in this process must not
+    /// starve the root group of CPU time any more than it would starve another machine.
+    candidate_runtimes: BTreeMap<NodeId, tokio::runtime::Runtime>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, runtime) in std::mem::take(&mut self.candidate_runtimes) {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl LocalCluster {
@@ -161,10 +174,12 @@ impl LocalCluster {
             group_keys: canopy_kv::GroupKeys::generate()?,
             kv_clients: Vec::new(),
             candidate_relays: BTreeMap::new(),
+            candidate_runtimes: BTreeMap::new(),
         };
         let mut endpoints = Vec::new();
         for id in (ROOT_ID..).take(cluster.spec.candidates) {
-            let (endpoint, events) = cluster.bind(id, CertRole::RootCandidate)?;
+            let (endpoint, events) =
+                cluster.on_candidate_runtime(id, |c| c.bind(id, CertRole::RootCandidate))??;
             cluster.roots.push(RootCandidate {
                 id,
                 address: endpoint.local_addr().to_string(),

@@ -3,7 +3,9 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::mpsc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -26,7 +28,10 @@ pub struct LogStore {
     /// The last committed log id saved here, for status reports.
     committed: Arc<Mutex<Option<LogId<CandidateId>>>>,
     /// Counts the live handles on the database (see [`super::Holders`]).
-    _holder: Holders,
+    holder: Holders,
+    /// The task that makes appended entries durable and then tells openraft (started on the
+    /// first append; it ends when the last clone of the store is dropped).
+    flusher: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
 }
 
 impl Debug for LogStore {
@@ -55,7 +60,17 @@ impl LogStore {
             logs: db.open_tree("logs")?,
             meta,
             committed: Arc::new(Mutex::new(committed)),
-            _holder: holder,
+            holder,
+            flusher: Arc::default(),
+        })
+    }
+
+    /// The flusher's queue, starting it if needed (inside the runtime openraft runs on).
+    fn flusher(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+        self.flusher.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_flusher(self.db.clone(), self.holder.clone(), rx));
+            tx
         })
     }
 
@@ -110,6 +125,30 @@ impl LogStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// Makes appends durable in order, many per disk sync: each sync covers every append made
+/// before it began (sled flushes the whole database), so the appends waiting when it starts
+/// are reported durable, in the order they were made, once it ends.
+async fn run_flusher(
+    db: sled::Db,
+    _holder: Holders,
+    mut queue: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            waiting.push(more);
+        }
+        let result = db.flush_async().await.map(|_| ());
+        for callback in waiting {
+            let outcome = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::other(e.to_string()));
+            callback.log_io_completed(outcome);
+        }
     }
 }
 
@@ -188,20 +227,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let write = async {
+        let write = || -> Result<(), StoreError> {
             let mut batch = sled::Batch::default();
             for entry in entries {
                 batch.insert(&key(entry.log_id.index), encode("log entry", &entry)?);
             }
             self.logs.apply_batch(batch)?;
-            // openraft may count these entries toward a quorum only once they are durable.
-            self.flush().await
+            Ok(())
         };
-        match write.await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+        match write() {
+            // openraft counts these entries toward a quorum only once the flusher reports
+            // them durable; meanwhile its core goes on (heartbeats, answers), instead of
+            // waiting out a disk sync that can take longer than the leader's lease.
+            Ok(()) => match self.flusher().send(callback) {
+                Ok(()) => Ok(()),
+                Err(unsent) => {
+                    let e = StoreError::Invalid("the log flusher stopped".into());
+                    unsent
+                        .0
+                        .log_io_completed(Err(io::Error::other(e.to_string())));
+                    Err(StorageIOError::write_logs(&e).into())
+                }
+            },
             Err(e) => {
                 callback.log_io_completed(Err(io::Error::other(e.to_string())));
                 Err(StorageIOError::write_logs(&e).into())

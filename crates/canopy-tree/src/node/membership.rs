@@ -26,6 +26,8 @@ impl Node {
             retry_at: now + self.join_backoff(0),
             redirected: false,
             asked: Vec::new(),
+            busy: 0,
+            retry_busy: false,
         });
         self.send_join(0, out);
     }
@@ -42,7 +44,44 @@ impl Node {
             retry_at: now + self.join_backoff(attempt),
             redirected: false,
             asked,
+            busy: 0,
+            retry_busy: false,
         });
+        self.send_join(attempt, out);
+    }
+
+    /// The candidate asked refused the connection for being at capacity: ask it again after
+    /// a pause that doubles with each refusal in a row (up to `join_backoff_max`), drawn at
+    /// random between half and all of it, so a storm of joiners spreads out instead of
+    /// coming back in lockstep. The refusal is no sign that the candidate is down.
+    pub(super) fn on_busy(&mut self, peer: NodeId, now: Time) {
+        if self.leader().map(|r| r.id) != Some(peer) {
+            return;
+        }
+        let Some(busy) = self.joining.as_ref().map(|j| j.busy) else {
+            return;
+        };
+        let pause = (self.config.join_timeout / 4)
+            .saturating_mul(1u32 << busy.min(8))
+            .min(self.config.join_backoff_max)
+            .mul_f64(0.5 + 0.5 * self.rng.random::<f64>());
+        if let Some(join) = self.joining.as_mut() {
+            join.busy = busy.saturating_add(1);
+            join.retry_busy = true;
+            join.retry_at = now + pause;
+        }
+    }
+
+    /// Sends the join again to the candidate that was busy, as the same attempt.
+    pub(super) fn ask_again(&mut self, now: Time, out: &mut Vec<Output>) {
+        let attempt = match self.joining.as_mut() {
+            Some(join) => {
+                join.retry_busy = false;
+                join.retry_at = now + self.config.join_timeout;
+                join.attempt
+            }
+            None => return,
+        };
         self.send_join(attempt, out);
     }
 

@@ -64,6 +64,11 @@ struct JoinState {
     redirected: bool,
     /// Candidates asked during this join (and its retries): any of them may answer.
     asked: Vec<NodeId>,
+    /// Refusals from a busy root in a row (each doubles the pause before asking again).
+    busy: u32,
+    /// The pending retry follows a refusal: it goes to the same candidate, as the same
+    /// attempt.
+    retry_busy: bool,
 }
 
 /// A tree node as a sans-IO state machine. See the crate documentation.
@@ -208,6 +213,7 @@ impl Node {
                 return;
             }
             Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
+            Input::Busy { peer } => self.on_busy(peer, now),
             Input::Leadership {
                 term,
                 leader,
@@ -282,7 +288,11 @@ impl Node {
         self.requested_wake = None;
         if let Some(join) = &self.joining {
             if now >= join.retry_at {
-                self.resend_join(now, out);
+                if join.retry_busy {
+                    self.ask_again(now, out);
+                } else {
+                    self.resend_join(now, out);
+                }
             }
         }
         if now >= self.next_heartbeat {
@@ -465,6 +475,11 @@ impl Node {
 
     /// The address this node knows for a peer (parent, child, root candidate, or any node in
     /// the root's view), for the driver to dial.
+    /// The root candidates this node knows.
+    pub fn root_candidates(&self) -> &[RootCandidate] {
+        &self.roots
+    }
+
     pub fn peer_address(&self, peer: NodeId) -> Option<&str> {
         if let Some(p) = self.parent.as_ref().filter(|p| p.id == peer) {
             return Some(&p.address);

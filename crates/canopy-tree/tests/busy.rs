@@ -1,0 +1,113 @@
+//! A joiner refused by a busy root (`Input::Busy`): it waits a jittered, growing pause and
+//! asks the same candidate again as the same attempt, instead of taking the refusal for a
+//! dead root and moving on to the next candidate.
+
+mod common;
+
+use canopy_tree::{Input, NodeId, Role, TreeEvent};
+use common::*;
+
+const CANDIDATES: [NodeId; 3] = [1, 2, 3];
+
+/// Joins sent in `out`: (to, attempt).
+fn joins(out: &[canopy_tree::Output]) -> Vec<(NodeId, u32)> {
+    sent(out, join_request)
+        .into_iter()
+        .map(|(to, j)| (to, j.attempt))
+        .collect()
+}
+
+/// Ticks the joiner every millisecond until it sends a join; returns when and to whom.
+fn next_join(net: &mut Net, id: NodeId, limit: std::time::Duration) -> Option<(u64, NodeId, u32)> {
+    let end = net.now + limit;
+    while net.now < end {
+        net.now += ms(1);
+        let out = net.input(id, Input::Tick);
+        if let Some(&(to, attempt)) = joins(&out).first() {
+            return Some((net.now.as_millis() as u64, to, attempt));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_busy_root_is_asked_again_after_a_growing_jittered_pause() {
+    let config = config();
+    let quarter = config.join_timeout.as_millis() as u64 / 4;
+    let mut pauses = Vec::new();
+    for seed in 0..20u64 {
+        let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
+        net.add(10, Role::Router, seed);
+        let out = net.input(10, Input::Start);
+        assert_eq!(joins(&out), vec![(1, 0)]);
+        let mut previous = 0;
+        for refusal in 0..3u32 {
+            let at = net.now.as_millis() as u64;
+            let out = net.input(10, Input::Busy { peer: 1 });
+            assert!(joins(&out).is_empty(), "no join straight after a refusal");
+            let (sent_at, to, attempt) =
+                next_join(&mut net, 10, config.join_backoff_max).expect("asked again");
+            // The same candidate, the same attempt: a busy root is not a dead one.
+            assert_eq!((to, attempt), (1, 0), "seed {seed}, refusal {refusal}");
+            let pause = sent_at - at;
+            let full = (quarter << refusal).min(config.join_backoff_max.as_millis() as u64);
+            assert!(
+                pause >= full / 2 && pause <= full + 1,
+                "pause {pause} ms after refusal {refusal} (full {full} ms)"
+            );
+            if refusal > 0 {
+                assert!(
+                    pause * 4 >= previous,
+                    "pauses do not shrink: {previous} then {pause}"
+                );
+            }
+            previous = pause;
+            if refusal == 0 {
+                pauses.push(pause);
+            }
+        }
+    }
+    pauses.sort_unstable();
+    pauses.dedup();
+    assert!(pauses.len() > 5, "the pause is drawn at random: {pauses:?}");
+}
+
+#[test]
+fn a_refusal_from_another_candidate_or_after_attaching_changes_nothing() {
+    let mut net = Net::replicated(config(), &CANDIDATES, false);
+    net.add(10, Role::Router, 1);
+    net.input(10, Input::Start);
+    // Candidate 2 was not asked: its refusal is not about this join.
+    let out = net.input(10, Input::Busy { peer: 2 });
+    assert!(out.is_empty(), "{out:?}");
+    // The regular retry still comes at the join timeout and moves on to the next candidate.
+    let (_, to, attempt) = next_join(&mut net, 10, config().join_timeout * 2).expect("retry");
+    assert_eq!((to, attempt), (2, 1));
+
+    let mut net = Net::replicated(config(), &CANDIDATES, true);
+    net.elect(1);
+    net.join(10, Role::Router);
+    assert_eq!(net.parent(10), Some(1));
+    let out = net.input(10, Input::Busy { peer: 1 });
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(net.parent(10), Some(1));
+    assert!(!net
+        .events_of(10)
+        .iter()
+        .any(|e| matches!(e, TreeEvent::Orphaned { .. })));
+}
+
+#[test]
+fn after_a_refusal_silence_still_moves_on_to_the_next_candidate() {
+    let config = config();
+    let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
+    net.add(10, Role::Router, 3);
+    net.input(10, Input::Start);
+    net.input(10, Input::Busy { peer: 1 });
+    let (_, to, attempt) = next_join(&mut net, 10, config.join_backoff_max).expect("again");
+    assert_eq!((to, attempt), (1, 0));
+    // Candidate 1 took the connection this time but never answered: after the join
+    // timeout the joiner gives up on it like on any silent candidate.
+    let (_, to, attempt) = next_join(&mut net, 10, config.join_timeout * 2).expect("retry");
+    assert_eq!((to, attempt), (2, 1));
+}
