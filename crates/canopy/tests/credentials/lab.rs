@@ -176,8 +176,17 @@ impl Lab {
     }
 
     /// Starts every node and waits until the leader's view holds them all, none detached.
+    /// The routers are in the tree before the clients start, so that the clients are placed
+    /// under routers rather than at the root (these tests revoke a router with children,
+    /// and rebalancing is off).
     pub fn start_all(&mut self) -> Value {
-        for id in nodes() {
+        for id in CANDIDATES.into_iter().chain(ROUTERS) {
+            self.start(id);
+        }
+        self.wait_tree("every router in the tree", |tree| {
+            tree["routers"].as_u64() >= Some(ROUTERS.len() as u64)
+        });
+        for id in CLIENTS {
             self.start(id);
         }
         self.wait_tree("every node in the tree", |tree| {
