@@ -5,11 +5,13 @@ mod certs;
 mod cluster;
 mod demo;
 mod failover;
+mod joins;
 mod keys;
 mod kv;
 mod report;
 mod run;
 mod tap;
+mod throughput;
 
 use std::path::PathBuf;
 

@@ -117,5 +117,6 @@ pub fn diff(now: &NodeCounters, before: Option<&NodeCounters>) -> NodeCounters {
         elections_asked: d(now.elections_asked, b.elections_asked),
         became_root: d(now.became_root, b.became_root),
         stepped_down: d(now.stepped_down, b.stepped_down),
+        join_requests: d(now.join_requests, b.join_requests),
     }
 }
