@@ -155,6 +155,9 @@ pub enum TreeEvent {
     },
     /// The topology epoch seen from above changed (catch-up should run).
     EpochChanged { epoch: u64 },
+    /// The root ignored a join request: the node's placement is still waiting for its
+    /// commit, and the answer goes out once it is committed.
+    JoinAlreadyPlacing { node: NodeId },
     /// The root placed a joiner under a parent.
     Placed {
         node: NodeId,

@@ -363,6 +363,43 @@ fn a_join_is_proposed_and_its_assignment_waits_for_the_commit() {
     assert!(net.node(1).children().all(|c| c.attached));
 }
 
+/// In a join storm the commit can take longer than a joiner's timeout: a joiner that asks
+/// again while its placement waits for the commit is answered once, by that placement,
+/// with no second proposal. Once committed, a retry is placed anew as before.
+#[test]
+fn a_retry_while_the_placement_waits_for_its_commit_is_not_placed_twice() {
+    let mut net = Net::replicated(config(), &CANDIDATES, false);
+    net.elect(1);
+    net.start(10, Role::Router);
+    let (_, out) = net.deliver_one().expect("join request");
+    assert_eq!(proposals(&out.expect("delivered")).len(), 1);
+
+    for attempt in [1, 2] {
+        let out = net.inject(10, 1, join_request(10, Role::Router, attempt));
+        assert!(proposals(&out).is_empty(), "{out:?}");
+        assert!(sends(&out).is_empty(), "{out:?}");
+        assert!(events(&out).contains(&TreeEvent::JoinAlreadyPlacing { node: 10 }));
+    }
+    assert_eq!(net.node(1).held_actions(), 1);
+
+    let out = net.input(
+        1,
+        Input::Committed {
+            reign: net.node(1).reign(),
+            up_to: 1,
+        },
+    );
+    let assigns = sent(&out, assign_parent);
+    assert_eq!(assigns.len(), 1, "{out:?}");
+    assert_eq!(assigns[0].1.assignment_id, 1 << 32);
+
+    // Committed and sent: a later retry means the answer was lost, and is placed again.
+    let out = net.inject(10, 1, join_request(10, Role::Router, 3));
+    let proposed = proposals(&out);
+    assert_eq!(proposed.len(), 1, "{out:?}");
+    assert_eq!(assign_of(&proposed[0].1).2, (1 << 32) + 1);
+}
+
 #[test]
 fn an_adopt_child_waits_for_the_commit_too() {
     let mut net = Net::replicated(config(), &CANDIDATES, true);

@@ -5,7 +5,7 @@
 //! decision leads to (an `AdoptChild`, an `AssignParent`, a culling `Disconnect`) is held
 //! until everything proposed so far is committed: commit, then act.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
@@ -36,6 +36,20 @@ pub(super) enum HeldAction {
     Release(ReleaseChild),
 }
 
+impl HeldAction {
+    /// The joiner this action places, if it places one.
+    fn placed_child(&self) -> Option<NodeId> {
+        match self {
+            HeldAction::Adopt { child, .. } => Some(*child),
+            HeldAction::Send {
+                body: Body::AdoptChild(adopt),
+                ..
+            } => Some(adopt.child_id),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct RootState {
     pub(super) view: TreeView,
@@ -54,6 +68,10 @@ pub(super) struct RootState {
     uncommitted_since: Option<Time>,
     /// Actions waiting for the proposal with this sequence number to commit.
     held: VecDeque<(u64, Vec<HeldAction>)>,
+    /// Joiners whose placement is among `held`. A joiner that asks again before the commit
+    /// is only impatient (in a join storm the commit can take longer than its timeout):
+    /// placing it anew would cost another entry and another dial, and feed the storm.
+    placing: HashSet<NodeId>,
 }
 
 /// The lowest assignment id a reign at topology `epoch` hands out: `epoch << 32`. Every
@@ -86,6 +104,7 @@ impl RootState {
             committed: 0,
             uncommitted_since: None,
             held: VecDeque::new(),
+            placing: HashSet::new(),
         }
     }
 
@@ -132,6 +151,10 @@ impl Node {
         let Some(root) = self.root.as_mut() else {
             return;
         };
+        if root.placing.contains(&from) {
+            out.push(Output::Event(TreeEvent::JoinAlreadyPlacing { node: from }));
+            return;
+        }
         let previous_parent = root.view.get(from).and_then(|e| e.parent);
         // A retry means the last assignment did not reach the joiner: its parent may be dead.
         let exclude = (request.attempt > 0)
@@ -257,6 +280,9 @@ impl Node {
             return;
         };
         if root.proposed > root.committed {
+            if let Some(child) = action.placed_child() {
+                root.placing.insert(child);
+            }
             let seq = root.proposed;
             match root.held.back_mut() {
                 Some((last, actions)) if *last == seq => actions.push(action),
@@ -292,6 +318,9 @@ impl Node {
     }
 
     fn run_held(&mut self, action: HeldAction, now: Time, out: &mut Vec<Output>) {
+        if let (Some(child), Some(root)) = (action.placed_child(), self.root.as_mut()) {
+            root.placing.remove(&child);
+        }
         match action {
             HeldAction::Send { to, body } => self.send(to, body, out),
             HeldAction::Adopt {
