@@ -50,6 +50,11 @@ pub struct NetConfig {
     /// Inbound connections that may wait for their handshake to begin; more are refused
     /// before the handshake (cheaply) and their diallers told to come back later.
     pub handshake_queue: usize,
+    /// How long an inbound connection may wait in the queue for its handshake to begin.
+    /// One that waited longer is refused and its dialler told to come back later: in a
+    /// storm that is cheaper for both sides than a turn its dialler may no longer want (a
+    /// handshake whose dialler went away holds its turn until `idle_timeout`).
+    pub handshake_timeout: Duration,
     /// How often live links are re-checked (expired peer certificates are closed).
     pub recheck_interval: Duration,
     /// How long a peer whose link was closed for breaking the protocol or a bound (bad frames,
@@ -73,6 +78,7 @@ impl Default for NetConfig {
             max_connections: 16_384,
             max_handshakes: 64,
             handshake_queue: 2048,
+            handshake_timeout: Duration::from_secs(2),
             recheck_interval: Duration::from_secs(1),
             ban_after_violation: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
@@ -93,11 +99,12 @@ impl NetConfig {
             || self.control_rate_per_link == 0
             || self.max_connections == 0
             || self.max_handshakes == 0
+            || self.handshake_timeout.is_zero()
             || self.recheck_interval.is_zero()
         {
             return Err(NetError::Config(
-                "data_rate_per_link, control_rate_per_link, max_connections, max_handshakes \
-                 and recheck_interval must be positive"
+                "data_rate_per_link, control_rate_per_link, max_connections, max_handshakes, \
+                 handshake_timeout and recheck_interval must be positive"
                     .into(),
             ));
         }

@@ -275,13 +275,16 @@ impl Shared {
     /// Checks an inbound connection's certificate identity and runs it as a link.
     async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, handshake: HandshakeSlot) {
         let remote = incoming.remote_address();
-        let accepted = incoming.await;
+        // Not cut short: a server dropping a handshake under way leaves the connection
+        // alive in quinn without a handle (the dialler may already count it as up). The
+        // transport's idle timeout ends a handshake whose dialler went away.
+        let accepted = incoming.await.map_err(|e| e.to_string());
         drop(handshake);
         let conn = match accepted {
             Ok(conn) => conn,
-            Err(e) => {
+            Err(error) => {
                 bump(&self.counters.handshakes_failed);
-                warn!(%remote, error = %e, "refused inbound connection");
+                warn!(%remote, %error, "refused inbound connection");
                 return;
             }
         };
@@ -352,14 +355,25 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
                     .handshakes_waiting
                     .fetch_add(1, Ordering::AcqRel);
                 shared.runtime.clone().spawn(async move {
-                    let permit = gate.acquire_owned().await;
+                    let turn =
+                        tokio::time::timeout(shared.config.handshake_timeout, gate.acquire_owned())
+                            .await;
                     shared
                         .counters
                         .handshakes_waiting
                         .fetch_sub(1, Ordering::AcqRel);
-                    if let Ok(permit) = permit {
-                        let slot = shared.counters.handshake(permit);
-                        shared.handle_incoming(incoming, slot).await;
+                    match turn {
+                        Ok(Ok(permit)) => {
+                            let slot = shared.counters.handshake(permit);
+                            shared.handle_incoming(incoming, slot).await;
+                        }
+                        // Waited too long: its dialler may have given up; if not, it comes
+                        // back later rather than keep a turn it may no longer want.
+                        Ok(Err(_)) | Err(_) => {
+                            bump(&shared.counters.refused_busy);
+                            debug!(remote = %incoming.remote_address(), "refused inbound connection: waited too long for a handshake");
+                            incoming.refuse();
+                        }
                     }
                 });
             }

@@ -43,8 +43,8 @@ pub struct NetStats {
     /// `data_rate_per_link`.
     pub data_throttled: u64,
     /// Inbound connections refused before their handshake because `max_handshakes` were
-    /// under way and `handshake_queue` more waiting (the dialler is told it is busy and comes
-    /// back later).
+    /// under way and `handshake_queue` more waiting, or after waiting `handshake_timeout`
+    /// for their turn (the dialler is told it is busy and comes back later).
     pub refused_busy: u64,
     /// Own dials the peer refused for being busy.
     pub dials_refused_busy: u64,

@@ -298,6 +298,8 @@ async fn a_storm_of_dials_within_the_queue_waits_its_turn() {
     let config = NetConfig {
         max_handshakes: 1,
         handshake_queue: 16,
+        // Twelve handshakes in a row, in a debug build on a shared machine.
+        handshake_timeout: std::time::Duration::from_secs(60),
         ..NetConfig::default()
     };
     let (server, _server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
@@ -324,6 +326,55 @@ async fn a_storm_of_dials_within_the_queue_waits_its_turn() {
     assert_eq!(
         (stats.handshakes, stats.handshakes_waiting),
         (0, 0),
+        "{stats:?}"
+    );
+}
+
+/// `handshake_timeout` bounds the wait for a turn: with a bound nobody can meet, a storm
+/// of dials behaves as if there were no queue (those that find the one handshake slot taken
+/// are refused as busy at once), and the handshakes under way still complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_past_the_handshake_timeout_is_refused_as_busy() {
+    init_tracing();
+    let ca = ca();
+    let config = NetConfig {
+        max_handshakes: 1,
+        handshake_queue: 16,
+        handshake_timeout: std::time::Duration::from_micros(1),
+        ..NetConfig::default()
+    };
+    let (server, _server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
+    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
+    for (id, (dialler, _)) in &diallers {
+        dialler
+            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
+            .expect("queued on the dial");
+    }
+    let mut up = 0u64;
+    for (_, (_, rx)) in &mut diallers {
+        loop {
+            match next_event(rx).await {
+                NetEvent::LinkUp { .. } => up += 1,
+                NetEvent::Busy { peer: SERVER } => break,
+                _ => continue,
+            }
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stats = loop {
+        let stats = server.stats();
+        if stats.connections == up || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(up >= 1, "the first dial got the free slot");
+    assert!(stats.refused_busy >= 1, "{stats:?}");
+    assert_eq!(stats.refused_busy + up, 12, "{stats:?}");
+    assert_eq!(
+        (stats.connections, stats.handshakes_waiting),
+        (up, 0),
         "{stats:?}"
     );
 }

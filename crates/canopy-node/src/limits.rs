@@ -58,6 +58,9 @@ pub struct PeerLimits {
     pub max_handshakes: usize,
     /// Inbound connections that may wait for their handshake; more are refused as busy.
     pub handshake_queue: usize,
+    /// How long an inbound connection may wait in the queue for its handshake (ms); past
+    /// that it is refused as busy (transport).
+    pub handshake_timeout_ms: u64,
     /// Non-multicast messages per second one link may carry (burst twice that); over it the
     /// link is closed (transport).
     pub control_rate_per_link: u32,
@@ -91,6 +94,7 @@ impl Default for PeerLimits {
             max_connections: net.max_connections,
             max_handshakes: net.max_handshakes,
             handshake_queue: net.handshake_queue,
+            handshake_timeout_ms: net.handshake_timeout.as_millis() as u64,
             control_rate_per_link: net.control_rate_per_link,
             data_rate_per_link: net.data_rate_per_link,
             max_queued_bytes_per_link: net.max_queued_bytes_per_link,
@@ -106,6 +110,7 @@ impl PeerLimits {
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             handshake_queue: self.handshake_queue,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             control_rate_per_link: self.control_rate_per_link,
             data_rate_per_link: self.data_rate_per_link,
             max_queued_bytes_per_link: self.max_queued_bytes_per_link,
@@ -154,6 +159,7 @@ impl PeerLimits {
         let counts = [
             ("limits.max_connections", self.max_connections as u64),
             ("limits.max_handshakes", self.max_handshakes as u64),
+            ("limits.handshake_timeout_ms", self.handshake_timeout_ms),
             (
                 "limits.control_rate_per_link",
                 u64::from(self.control_rate_per_link),

@@ -607,6 +607,7 @@ impl Runtime {
                     role = peer.role.as_str(),
                     "link up"
                 );
+                self.handle(Input::LinkUp { peer: peer.node_id });
             }
             NetEvent::LinkClosed { peer, reason } => {
                 // `closing` is kept: what the old session still had in flight may arrive
@@ -863,16 +864,22 @@ impl Runtime {
             self.counters.join_requests += 1;
             // A retry means the candidate did not answer: our connection to it may outlive
             // it (a candidate that crashed and restarted on the same address does not know
-            // the old connection, and QUIC only notices at its idle timeout). Dial afresh.
-            if join.attempt > 0 && !self.net.is_dialling(to) {
+            // the old connection, and QUIC only notices at its idle timeout). Dial afresh,
+            // unless that connection came up during this join (the candidate is alive, only
+            // slow: a new handshake would add to its load).
+            if join.attempt > 0 && !self.net.is_dialling(to) && !self.node.join_link_is_fresh(to) {
                 self.net.close_link(to, "join retry");
             }
         }
+        let joining = matches!(msg.body, Some(Body::JoinRequest(_)));
         let addr = self.node.peer_address(to).and_then(|a| a.parse().ok());
-        if let Err(error) = self
+        let sent = self
             .encoded(msg)
-            .and_then(|f| self.net.send_encoded(to, addr, &f))
-        {
+            .and_then(|f| self.net.send_encoded(to, addr, &f));
+        if sent.is_ok() && joining && self.net.is_dialling(to) {
+            self.handle(Input::Connecting { peer: to });
+        }
+        if let Err(error) = sent {
             self.counters.send_failures += 1;
             warn!(node = self.node.id(), peer = to, %error, "send failed");
             if matches!(error, SendError::QueueFull) {

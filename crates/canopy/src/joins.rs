@@ -34,6 +34,10 @@ pub struct JoinsArgs {
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     json: bool,
+    /// Every second, print to stderr how many are attached and each root candidate's
+    /// handshakes (in progress, queued, refused as busy).
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +103,29 @@ async fn sample_group(cluster: &LocalCluster) -> GroupSample {
     sample
 }
 
+fn trace_line(cluster: &LocalCluster, began: tokio::time::Instant, attached: usize) {
+    let candidates: Vec<String> = cluster
+        .candidates()
+        .iter()
+        .filter_map(|c| cluster.node(c.id))
+        .map(|node| {
+            let net = node.handle.net_stats();
+            format!(
+                "{}:{}/{}/{}",
+                node.handle.id(),
+                net.handshakes,
+                net.handshakes_waiting,
+                net.refused_busy
+            )
+        })
+        .collect();
+    eprintln!(
+        "{:6.1} s attached {attached:6}  candidates (handshaking/queued/refused) {}",
+        began.elapsed().as_secs_f64(),
+        candidates.join(" ")
+    );
+}
+
 /// Tree settings for a storm: the production defaults, with room for every client.
 fn storm_tree(routers: usize, clients: usize) -> TreeConfig {
     let mut tree = TreeConfig::default();
@@ -156,6 +183,7 @@ async fn storm(cluster: &mut LocalCluster, args: &JoinsArgs) -> anyhow::Result<J
     let deadline = began + Duration::from_secs(args.timeout_s);
     let (mut p50, mut p99, mut seconds, mut shape) = (None, None, None, None);
     let mut attached;
+    let mut next_trace = began;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         attached = joiners
@@ -163,6 +191,10 @@ async fn storm(cluster: &mut LocalCluster, args: &JoinsArgs) -> anyhow::Result<J
             .filter(|t| t.borrow().parent.is_some())
             .count();
         bar.set_position(attached as u64);
+        if args.trace && tokio::time::Instant::now() >= next_trace {
+            next_trace += Duration::from_secs(1);
+            bar.suspend(|| trace_line(cluster, began, attached));
+        }
         let elapsed = began.elapsed().as_secs_f64();
         if p50.is_none() && attached * 2 >= expected {
             p50 = Some(elapsed);

@@ -69,6 +69,22 @@ struct JoinState {
     /// The pending retry follows a refusal: it goes to the same candidate, as the same
     /// attempt.
     retry_busy: bool,
+    /// Candidates whose connection came up during this join and has not closed since: they
+    /// are alive, so a silence from one is load, not death. A retry stays with it, over the
+    /// same connection, instead of moving on to a candidate that can only redirect back.
+    reached: Vec<NodeId>,
+    /// The transport is still connecting to the candidate asked: no answer can come before
+    /// the connection, so the retry waits for it (see [`Input::Connecting`]), until at most
+    /// this time.
+    dialling: Option<Time>,
+}
+
+impl JoinState {
+    /// When the pending retry is due.
+    fn due(&self) -> Time {
+        self.dialling
+            .map_or(self.retry_at, |until| until.max(self.retry_at))
+    }
 }
 
 /// A tree node as a sans-IO state machine. See the crate documentation.
@@ -212,6 +228,8 @@ impl Node {
                 self.leave(out);
                 return;
             }
+            Input::Connecting { peer } => self.on_connecting(peer, now),
+            Input::LinkUp { peer } => self.on_link_up(peer, now),
             Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
             Input::Busy { peer } => self.on_busy(peer, now),
             Input::Leadership {
@@ -287,7 +305,7 @@ impl Node {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
         self.requested_wake = None;
         if let Some(join) = &self.joining {
-            if now >= join.retry_at {
+            if now >= join.due() {
                 if join.retry_busy {
                     self.ask_again(now, out);
                 } else {
@@ -326,7 +344,7 @@ impl Node {
         }
         let mut next = self.next_heartbeat;
         if let Some(join) = &self.joining {
-            next = next.min(join.retry_at);
+            next = next.min(join.due());
         }
         if let Some(at) = self.interest_flush_at {
             next = next.min(at);
@@ -473,13 +491,21 @@ impl Node {
         self.root.as_ref().map(|r| &r.view)
     }
 
-    /// The address this node knows for a peer (parent, child, root candidate, or any node in
-    /// the root's view), for the driver to dial.
     /// The root candidates this node knows.
     pub fn root_candidates(&self) -> &[RootCandidate] {
         &self.roots
     }
 
+    /// Whether the connection to `peer` came up while this node has been joining and is
+    /// still up: a join retry to it can go over that connection, with no fresh dial.
+    pub fn join_link_is_fresh(&self, peer: NodeId) -> bool {
+        self.joining
+            .as_ref()
+            .is_some_and(|join| join.reached.contains(&peer))
+    }
+
+    /// The address this node knows for a peer (parent, child, root candidate, or any node in
+    /// the root's view), for the driver to dial.
     pub fn peer_address(&self, peer: NodeId) -> Option<&str> {
         if let Some(p) = self.parent.as_ref().filter(|p| p.id == peer) {
             return Some(&p.address);
