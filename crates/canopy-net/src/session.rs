@@ -275,9 +275,10 @@ impl Shared {
     /// Checks an inbound connection's certificate identity and runs it as a link.
     async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, handshake: HandshakeSlot) {
         let remote = incoming.remote_address();
-        // Not cut short: a server dropping a handshake under way leaves the connection
-        // alive in quinn without a handle (the dialler may already count it as up). The
-        // transport's idle timeout ends a handshake whose dialler went away.
+        // Not cut short here: tried with a bound, diallers saw their side of the handshake
+        // complete and kept a link with nothing behind it on this side for longer than the
+        // test waited. The idle timeout ends a handshake whose dialler went away (one that
+        // keeps it alive without finishing holds its turn: see docs/security.md).
         let accepted = incoming.await.map_err(|e| e.to_string());
         drop(handshake);
         let conn = match accepted {

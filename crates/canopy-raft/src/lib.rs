@@ -61,6 +61,10 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
 /// Largest batch [`RootGroup::propose`] accepts, as JSON (one log entry must fit one frame).
 pub const MAX_BATCH_BYTES: usize = 128 * 1024;
+/// Largest snapshot a candidate installs. openraft writes a chunk at whatever offset it
+/// names, into memory: without a bound, one chunk at a far offset from a member would make
+/// every follower allocate that much. (A view of a million nodes is far below this.)
+pub const MAX_SNAPSHOT_BYTES: u64 = 512 << 20;
 /// How long [`RootGroup::add_candidate`] waits for the new candidate to catch up.
 pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 

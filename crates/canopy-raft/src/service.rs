@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::contact::Contacts;
-use crate::{wire, CandidateId, TypeConfig};
+use crate::{wire, CandidateId, TypeConfig, MAX_SNAPSHOT_BYTES};
 
 fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
     wire::decode(body).map_err(|e| format!("undecodable {what} request: {e}"))
@@ -78,9 +78,16 @@ pub(crate) async fn handle(
                     if let Some(e) = impostor("install_snapshot", &rpc.vote, from) {
                         return Err(e);
                     }
+                    let end = rpc.offset.checked_add(request.data.len() as u64);
                     // The chunk travels raw beside the request; bytes inside it as well are
                     // malformed (a second copy the chunk size does not bound).
-                    if rpc.data.is_empty() {
+                    if end.is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
+                        Err(format!(
+                            "install_snapshot chunk at offset {} reaches beyond the \
+                             {MAX_SNAPSHOT_BYTES}-byte snapshot bound",
+                            rpc.offset
+                        ))
+                    } else if rpc.data.is_empty() {
                         rpc.data = request.data.to_vec();
                         encode(&raft.install_snapshot(rpc).await)
                     } else {

@@ -258,13 +258,23 @@ fn bad_requests_get_an_error_answer() {
                 Kind::InstallSnapshot as i32,
                 snapshot_chunk_inside_body(3),
             ),
+            // A chunk a terabyte in: openraft would grow its buffer to reach it.
+            (
+                12,
+                Kind::InstallSnapshot as i32,
+                snapshot_request(3, 1 << 40, "[]"),
+            ),
         ];
         for (request_id, kind, body) in requests {
             let request = RaftRequest {
                 request_id,
                 kind,
                 body: body.into(),
-                data: Default::default(),
+                data: if request_id == 12 {
+                    vec![7; 16].into()
+                } else {
+                    Default::default()
+                },
             };
             probe
                 .send(
@@ -275,7 +285,7 @@ fn bad_requests_get_an_error_answer() {
                 .expect("send");
         }
         let mut answered = BTreeSet::new();
-        while answered.len() < 5 {
+        while answered.len() < 6 {
             let event = tokio::time::timeout(PATIENCE, events.recv())
                 .await
                 .expect("an answer")
@@ -292,11 +302,18 @@ fn bad_requests_get_an_error_answer() {
                             response.error
                         );
                     }
+                    if response.request_id == 12 {
+                        assert!(
+                            response.error.contains("snapshot bound"),
+                            "{}",
+                            response.error
+                        );
+                    }
                     answered.insert(response.request_id);
                 }
             }
         }
-        assert_eq!(answered, BTreeSet::from([7, 8, 9, 10, 11]));
+        assert_eq!(answered, BTreeSet::from([7, 8, 9, 10, 11, 12]));
         // A response nobody asked for completes nothing.
         let stray = RaftResponse {
             request_id: 1,
@@ -439,8 +456,13 @@ fn a_single_candidate_group_keeps_its_last_voter() {
 /// An InstallSnapshot in `from`'s own name whose chunk is inside the encoded request instead
 /// of beside it.
 fn snapshot_chunk_inside_body(from: u64) -> Vec<u8> {
+    snapshot_request(from, 0, "[1,2,3]")
+}
+
+/// An InstallSnapshot request from `from` at `offset` with `data` (JSON) in its body.
+fn snapshot_request(from: u64, offset: u64, data: &str) -> Vec<u8> {
     let json = format!(
-        r#"{{"vote":{{"leader_id":{{"term":1,"node_id":{from}}},"committed":true}},"meta":{{"last_log_id":null,"last_membership":{{"log_id":null,"membership":{{"configs":[],"nodes":{{}}}}}},"snapshot_id":"x"}},"offset":0,"data":[1,2,3],"done":true}}"#
+        r#"{{"vote":{{"leader_id":{{"term":1,"node_id":{from}}},"committed":true}},"meta":{{"last_log_id":null,"last_membership":{{"log_id":null,"membership":{{"configs":[],"nodes":{{}}}}}},"snapshot_id":"x"}},"offset":{offset},"data":{data},"done":false}}"#
     );
     let value: serde_json::Value = serde_json::from_str(&json).expect("test JSON");
     canopy_raft::wire::encode(&value).expect("encodes")

@@ -172,3 +172,20 @@ fn a_dial_never_reported_ended_still_lets_the_join_move_on() {
     assert!(sent_at >= (timeout * 4).as_millis() as u64);
     assert_eq!((to, attempt), (2, 1));
 }
+
+/// A candidate whose connection is up but that never answers (silent, or knowing no
+/// leader) is asked once more, then the join moves on: being reachable holds a joiner for
+/// one retry, not for ever.
+#[test]
+fn a_reached_but_silent_candidate_is_asked_once_more_then_left() {
+    let config = config();
+    let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
+    net.add(10, Role::Router, 7);
+    net.input(10, Input::Start);
+    net.input(10, Input::LinkUp { peer: 1 });
+    let limit = config.join_backoff_max * 2;
+    let (_, to, attempt) = next_join(&mut net, 10, limit).expect("a retry");
+    assert_eq!((to, attempt), (1, 1), "a reached candidate is asked again");
+    let (_, to, attempt) = next_join(&mut net, 10, limit).expect("another retry");
+    assert_eq!((to, attempt), (2, 2), "then the next one");
+}

@@ -32,6 +32,7 @@ impl Node {
             busy: 0,
             retry_busy: false,
             reached: Vec::new(),
+            stayed: false,
             dialling: None,
         });
         self.send_join(0, out);
@@ -40,9 +41,11 @@ impl Node {
     pub(super) fn resend_join(&mut self, now: Time, out: &mut Vec<Output>) {
         let attempt = self.joining.as_ref().map_or(0, |j| j.attempt) + 1;
         let alive = self.leader().is_some_and(|r| self.join_link_is_fresh(r.id));
+        let stayed = self.joining.as_ref().is_some_and(|j| j.stayed);
         // A silent candidate may be down: try the next one. One whose connection came up
-        // meanwhile is not down but busy: ask it again.
-        if !self.roots.is_empty() && !alive {
+        // meanwhile is not down but may be busy: ask it once more, then move on.
+        let stay = alive && !stayed;
+        if !self.roots.is_empty() && !stay {
             self.leader_index = (self.leader_index + 1) % self.roots.len();
         }
         let (asked, reached) = self
@@ -58,6 +61,7 @@ impl Node {
             busy: 0,
             retry_busy: false,
             reached,
+            stayed: stay,
             dialling: None,
         });
         self.send_join(attempt, out);

@@ -73,6 +73,10 @@ struct JoinState {
     /// are alive, so a silence from one is load, not death. A retry stays with it, over the
     /// same connection, instead of moving on to a candidate that can only redirect back.
     reached: Vec<NodeId>,
+    /// This attempt stayed with the candidate asked before, for being reached: the next
+    /// silence moves on (a candidate up but silent, or one that knows no leader, must not
+    /// hold a joiner for ever).
+    stayed: bool,
     /// The transport is still connecting to the candidate asked: no answer can come before
     /// the connection, so the retry waits for it (see [`Input::Connecting`]), until at most
     /// this time.
