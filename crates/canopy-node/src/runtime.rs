@@ -871,14 +871,10 @@ impl Runtime {
                 self.net.close_link(to, "join retry");
             }
         }
-        let joining = matches!(msg.body, Some(Body::JoinRequest(_)));
         let addr = self.node.peer_address(to).and_then(|a| a.parse().ok());
         let sent = self
             .encoded(msg)
             .and_then(|f| self.net.send_encoded(to, addr, &f));
-        if sent.is_ok() && joining && self.net.is_dialling(to) {
-            self.handle(Input::Connecting { peer: to });
-        }
         if let Err(error) = sent {
             self.counters.send_failures += 1;
             warn!(node = self.node.id(), peer = to, %error, "send failed");

@@ -23,12 +23,6 @@ pub enum Input {
     Publish { key_tag: KeyTag, payload: Bytes },
     /// Leave the tree gracefully: tell the parent and the children.
     Leave,
-    /// The transport is still connecting to a peer a message was just sent to (the message
-    /// waits for the handshake). `LinkUp`, `LinkClosed` or `Busy` for that peer follows: the
-    /// transport bounds how long a dial may take. A joiner does not give up on a candidate
-    /// whose connection is still being made (in a join storm the handshake may wait in the
-    /// candidate's queue).
-    Connecting { peer: NodeId },
     /// The transport's connection to a peer is up (its handshake completed). A joiner learns
     /// from it that the candidate it asked is alive: the wait for the answer starts now.
     LinkUp { peer: NodeId },
@@ -165,7 +159,7 @@ pub enum TreeEvent {
     /// The topology epoch seen from above changed (catch-up should run).
     EpochChanged { epoch: u64 },
     /// The root ignored a join request: the node's placement is still waiting for its
-    /// commit, or went out less than `join_timeout` ago (its parent is still dialling it).
+    /// commit, and the answer goes out once it is committed.
     JoinAlreadyPlacing { node: NodeId },
     /// The root placed a joiner under a parent.
     Placed {

@@ -112,65 +112,41 @@ fn after_a_refusal_silence_still_moves_on_to_the_next_candidate() {
     assert_eq!((to, attempt), (2, 1));
 }
 
-/// A join waiting for its connection (`Input::Connecting`) does not time out: in a storm the
-/// handshake may wait in the candidate's queue for most of the join timeout. The wait for
-/// the answer starts when the connection is up.
+/// The wait for the answer starts when the connection to the candidate asked is up
+/// (`Input::LinkUp`): in a storm its handshake may have waited in the candidate's queue for
+/// most of the join timeout. A candidate reached is alive: the retry stays with it.
 #[test]
-fn a_join_waits_for_its_connection_before_the_timer_runs() {
+fn the_join_timer_runs_from_the_connection_coming_up() {
     let config = config();
     let timeout = config.join_timeout;
     let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
     net.add(10, Role::Router, 7);
     let out = net.input(10, Input::Start);
     assert_eq!(joins(&out), vec![(1, 0)]);
-    net.input(10, Input::Connecting { peer: 1 });
-    assert_eq!(
-        next_join(&mut net, 10, timeout * 3),
-        None,
-        "no retry while the dial is under way"
-    );
+    net.now += timeout.mul_f64(0.9);
     let up = net.now;
     net.input(10, Input::LinkUp { peer: 1 });
-    let (sent_at, to, attempt) = next_join(&mut net, 10, timeout * 2).expect("a retry");
+    let (sent_at, to, attempt) = next_join(&mut net, 10, timeout * 3).expect("a retry");
     assert!(
         sent_at >= (up + timeout).as_millis() as u64,
         "the timer ran from the link coming up"
     );
-    // The candidate answered the handshake: it is alive, so the retry stays with it.
     assert_eq!((to, attempt), (1, 1));
 }
 
-/// A dial that fails ends the wait: the join moves on to the next candidate.
+/// A connection to another candidate, or one that closed again, changes nothing.
 #[test]
-fn a_failed_dial_moves_the_join_on() {
+fn only_a_live_connection_to_the_candidate_asked_counts() {
     let config = config();
     let timeout = config.join_timeout;
     let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
     net.add(10, Role::Router, 7);
     net.input(10, Input::Start);
-    net.input(10, Input::Connecting { peer: 1 });
-    assert_eq!(next_join(&mut net, 10, timeout * 2), None);
+    net.input(10, Input::LinkUp { peer: 1 });
     net.input(10, Input::LinkClosed { peer: 1 });
-    let (_, to, attempt) = next_join(&mut net, 10, ms(10)).expect("retried at once");
-    assert_eq!(
-        (to, attempt),
-        (2, 1),
-        "a candidate never reached may be down"
-    );
-}
-
-/// A dial the driver never reports the end of does not hold the joiner for ever.
-#[test]
-fn a_dial_never_reported_ended_still_lets_the_join_move_on() {
-    let config = config();
-    let timeout = config.join_timeout;
-    let mut net = Net::replicated(config.clone(), &CANDIDATES, false);
-    net.add(10, Role::Router, 7);
-    net.input(10, Input::Start);
-    net.input(10, Input::Connecting { peer: 1 });
-    let (sent_at, to, attempt) = next_join(&mut net, 10, timeout * 5).expect("a retry");
-    assert!(sent_at >= (timeout * 4).as_millis() as u64);
-    assert_eq!((to, attempt), (2, 1));
+    net.input(10, Input::LinkUp { peer: 3 });
+    let (_, to, attempt) = next_join(&mut net, 10, timeout * 2).expect("a retry");
+    assert_eq!((to, attempt), (2, 1), "a candidate not reached may be down");
 }
 
 /// A candidate whose connection is up but that never answers (silent, or knowing no

@@ -13,9 +13,6 @@ use super::{JoinState, Node, ParentLink};
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
 use crate::{KeyTag, NodeId, Time};
 
-/// How many join timeouts a joiner waits at most for its connection to the candidate asked.
-const DIAL_WAIT_TIMEOUTS: u32 = 4;
-
 impl Node {
     /// Starts (or restarts) asking the root for a parent.
     pub(super) fn begin_join(&mut self, now: Time, out: &mut Vec<Output>) {
@@ -33,7 +30,6 @@ impl Node {
             retry_busy: false,
             reached: Vec::new(),
             stayed: false,
-            dialling: None,
         });
         self.send_join(0, out);
     }
@@ -62,7 +58,6 @@ impl Node {
             retry_busy: false,
             reached,
             stayed: stay,
-            dialling: None,
         });
         self.send_join(attempt, out);
     }
@@ -86,7 +81,6 @@ impl Node {
             join.busy = busy.saturating_add(1);
             join.retry_busy = true;
             join.retry_at = now + pause;
-            join.dialling = None;
         }
     }
 
@@ -117,12 +111,8 @@ impl Node {
         let Some(root) = self.leader().map(|r| r.id) else {
             return;
         };
-        if let Some(join) = self.joining.as_mut() {
-            // The driver says so again (Input::Connecting) if this send waits for a dial.
-            join.dialling = None;
-            if !join.asked.contains(&root) {
-                join.asked.push(root);
-            }
+        if let Some(join) = self.joining.as_mut().filter(|j| !j.asked.contains(&root)) {
+            join.asked.push(root);
         }
         let request = JoinRequest {
             node_id: self.id,
@@ -440,19 +430,6 @@ impl Node {
         }
     }
 
-    /// The request to the candidate asked waits for the connection to it.
-    pub(super) fn on_connecting(&mut self, peer: NodeId, now: Time) {
-        if self.leader().map(|r| r.id) != Some(peer) {
-            return;
-        }
-        // The transport ends every dial, but a driver that failed to say so must not leave
-        // the joiner waiting for ever.
-        let cap = now + self.config.join_timeout.saturating_mul(DIAL_WAIT_TIMEOUTS);
-        if let Some(join) = self.joining.as_mut().filter(|j| !j.retry_busy) {
-            join.dialling = Some(cap);
-        }
-    }
-
     /// A connection came up: if it is to the candidate this joiner asked, the candidate is
     /// alive and the wait for its answer starts now (its handshake may have waited in a
     /// queue for a good part of the join timeout).
@@ -469,19 +446,13 @@ impl Node {
             join.reached.push(peer);
         }
         if asked == Some(peer) && !join.retry_busy {
-            join.dialling = None;
             join.retry_at = join.retry_at.max(now + timeout);
         }
     }
 
     pub(super) fn on_link_closed(&mut self, peer: NodeId, now: Time, out: &mut Vec<Output>) {
-        let asked = self.leader().map(|r| r.id);
         if let Some(join) = self.joining.as_mut() {
             join.reached.retain(|&r| r != peer);
-            // The dial failed: the retry timer runs again (a past deadline fires at once).
-            if asked == Some(peer) {
-                join.dialling = None;
-            }
         }
         if self.parent() == Some(peer) {
             self.orphan(now, out);

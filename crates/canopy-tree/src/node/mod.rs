@@ -77,18 +77,6 @@ struct JoinState {
     /// silence moves on (a candidate up but silent, or one that knows no leader, must not
     /// hold a joiner for ever).
     stayed: bool,
-    /// The transport is still connecting to the candidate asked: no answer can come before
-    /// the connection, so the retry waits for it (see [`Input::Connecting`]), until at most
-    /// this time.
-    dialling: Option<Time>,
-}
-
-impl JoinState {
-    /// When the pending retry is due.
-    fn due(&self) -> Time {
-        self.dialling
-            .map_or(self.retry_at, |until| until.max(self.retry_at))
-    }
 }
 
 /// A tree node as a sans-IO state machine. See the crate documentation.
@@ -232,7 +220,6 @@ impl Node {
                 self.leave(out);
                 return;
             }
-            Input::Connecting { peer } => self.on_connecting(peer, now),
             Input::LinkUp { peer } => self.on_link_up(peer, now),
             Input::LinkClosed { peer } => self.on_link_closed(peer, now, out),
             Input::Busy { peer } => self.on_busy(peer, now),
@@ -309,7 +296,7 @@ impl Node {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
         self.requested_wake = None;
         if let Some(join) = &self.joining {
-            if now >= join.due() {
+            if now >= join.retry_at {
                 if join.retry_busy {
                     self.ask_again(now, out);
                 } else {
@@ -348,7 +335,7 @@ impl Node {
         }
         let mut next = self.next_heartbeat;
         if let Some(join) = &self.joining {
-            next = next.min(join.due());
+            next = next.min(join.retry_at);
         }
         if let Some(at) = self.interest_flush_at {
             next = next.min(at);

@@ -5,7 +5,7 @@
 //! decision leads to (an `AdoptChild`, an `AssignParent`, a culling `Disconnect`) is held
 //! until everything proposed so far is committed: commit, then act.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use canopy_proto::v1::{
     disconnect::Reason, AdoptChild, ChildRemoved, Cull, Disconnect, JoinRequest, NotLeader,
@@ -68,12 +68,10 @@ pub(super) struct RootState {
     uncommitted_since: Option<Time>,
     /// Actions waiting for the proposal with this sequence number to commit.
     held: VecDeque<(u64, Vec<HeldAction>)>,
-    /// Joiners placed lately: `None` while the placement waits in `held` for its commit,
-    /// then when it went out. A joiner that asks again before its placement went out, or
-    /// within `join_timeout` after (its new parent is still dialling it), is only impatient:
-    /// in a join storm both steps can take longer than its timeout, and placing it anew
-    /// would cost another entry and another dial, and feed the storm.
-    placing: HashMap<NodeId, Option<Time>>,
+    /// Joiners whose placement is among `held`. A joiner that asks again before the commit
+    /// is only impatient (in a join storm the commit can take longer than its timeout):
+    /// placing it anew would cost another entry and another dial, and feed the storm.
+    placing: HashSet<NodeId>,
 }
 
 /// The lowest assignment id a reign at topology `epoch` hands out: `epoch << 32`. Every
@@ -106,7 +104,7 @@ impl RootState {
             committed: 0,
             uncommitted_since: None,
             held: VecDeque::new(),
-            placing: HashMap::new(),
+            placing: HashSet::new(),
         }
     }
 
@@ -153,17 +151,9 @@ impl Node {
         let Some(root) = self.root.as_mut() else {
             return;
         };
-        let patience = self.config.join_timeout;
-        match root.placing.get(&from) {
-            Some(None) => {
-                out.push(Output::Event(TreeEvent::JoinAlreadyPlacing { node: from }));
-                return;
-            }
-            Some(Some(sent)) if now < *sent + patience => {
-                out.push(Output::Event(TreeEvent::JoinAlreadyPlacing { node: from }));
-                return;
-            }
-            _ => {}
+        if root.placing.contains(&from) {
+            out.push(Output::Event(TreeEvent::JoinAlreadyPlacing { node: from }));
+            return;
         }
         let previous_parent = root.view.get(from).and_then(|e| e.parent);
         // A retry means the last assignment did not reach the joiner: its parent may be dead.
@@ -291,7 +281,7 @@ impl Node {
         };
         if root.proposed > root.committed {
             if let Some(child) = action.placed_child() {
-                root.placing.insert(child, None);
+                root.placing.insert(child);
             }
             let seq = root.proposed;
             match root.held.back_mut() {
@@ -329,7 +319,7 @@ impl Node {
 
     fn run_held(&mut self, action: HeldAction, now: Time, out: &mut Vec<Output>) {
         if let (Some(child), Some(root)) = (action.placed_child(), self.root.as_mut()) {
-            root.placing.insert(child, Some(now));
+            root.placing.remove(&child);
         }
         match action {
             HeldAction::Send { to, body } => self.send(to, body, out),
@@ -376,9 +366,6 @@ impl Node {
             .get(child)
             .is_some_and(|e| e.parent == Some(parent) && e.assignment_id == assignment_id);
         if current {
-            // That placement is over: the node's next request is a real one (a culled or
-            // orphaned node rejoins at once).
-            root.placing.remove(&child);
             self.root_decide(
                 ViewChange::Remove {
                     node: child,
@@ -405,9 +392,6 @@ impl Node {
             return;
         }
         root.next_rebalance = now + self.config.rebalance_interval;
-        let patience = self.config.join_timeout;
-        root.placing
-            .retain(|_, sent| sent.is_none_or(|sent| now < sent + patience));
         let gone = root.view.expired_detached(now, self.config.orphan_grace);
         for node in gone {
             self.root_decide(ViewChange::Remove { node, at: now }, now, out);
