@@ -231,12 +231,7 @@ async fn a_storm_of_dials_is_refused_as_busy_beyond_the_handshake_bound() {
         ..NetConfig::default()
     };
     let (server, mut server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
-    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
-    for (id, (dialler, _)) in &diallers {
-        dialler
-            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
-            .expect("queued on the dial");
-    }
+    let mut diallers = dial_storm(&ca, &server, 12);
     let (mut up, mut busy) = (Vec::new(), Vec::new());
     for (id, (_, rx)) in &mut diallers {
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -303,12 +298,7 @@ async fn a_storm_of_dials_within_the_queue_waits_its_turn() {
         ..NetConfig::default()
     };
     let (server, _server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
-    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
-    for (id, (dialler, _)) in &diallers {
-        dialler
-            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
-            .expect("queued on the dial");
-    }
+    let mut diallers = dial_storm(&ca, &server, 12);
     for (_, (_, rx)) in &mut diallers {
         link_up(rx, SERVER).await;
     }
@@ -344,12 +334,7 @@ async fn a_wait_past_the_handshake_timeout_is_refused_as_busy() {
         ..NetConfig::default()
     };
     let (server, _server_rx) = bind(creds(&ca, SERVER, CertRole::Router), config);
-    let mut diallers: Vec<_> = (1..=12).map(|id| (id, node(&ca, id))).collect();
-    for (id, (dialler, _)) in &diallers {
-        dialler
-            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
-            .expect("queued on the dial");
-    }
+    let mut diallers = dial_storm(&ca, &server, 12);
     let mut up = 0u64;
     for (_, (_, rx)) in &mut diallers {
         loop {
@@ -377,4 +362,19 @@ async fn a_wait_past_the_handshake_timeout_is_refused_as_busy() {
         (up, 0),
         "{stats:?}"
     );
+}
+
+/// Nodes 1..=n, each dialling `server` at once with a heartbeat queued on its dial.
+fn dial_storm(
+    ca: &canopy_net::CertificateAuthority,
+    server: &canopy_net::NetEndpoint,
+    n: u64,
+) -> Vec<(u64, (canopy_net::NetEndpoint, canopy_net::NetEvents))> {
+    let diallers: Vec<_> = (1..=n).map(|id| (id, node(ca, id))).collect();
+    for (id, (dialler, _)) in &diallers {
+        dialler
+            .send(SERVER, Some(server.local_addr()), heartbeat(*id, 0))
+            .expect("queued on the dial");
+    }
+    diallers
 }
