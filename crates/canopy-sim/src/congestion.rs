@@ -10,13 +10,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::tally::{DeliveryCounts, Tally};
 use crate::{LatencyModel, Sim};
 
 /// The key tag every interested client subscribes to.
 pub const EXPERIMENT_TAG: u64 = 0x5EED_CAFE_F00D_0001;
 
 /// Which layout to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Topology {
     /// Routers between the root and the clients, as the protocol builds it.
@@ -118,20 +119,23 @@ pub fn run(
     let settled = clients_start + join_span + config.heartbeat_interval * 4;
     run_in_steps(&mut sim, settled, "building", progress);
     let shape = crate::check::check_tree(&sim)?;
-    let interested_total = clients.iter().filter(|(_, i)| *i).count() as u64;
 
     sim.reset_counters();
     sim.take_deliveries();
     let gap = ms(20);
-    let mut expected = 0u64;
-    let mut tally = Tally::new(sim.node_ids().count(), &clients);
+    let max_node = sim.node_ids().max().unwrap_or(1);
+    let mut tally = Tally::new(max_node);
+    for &(id, interested) in &clients {
+        if interested {
+            tally.join_group(id, 0);
+        }
+    }
     let mut publishes_by_origin: std::collections::HashMap<NodeId, u64> = Default::default();
     for i in 0..params.multicasts {
-        let (publisher, publisher_interested) = clients[rng.random_range(0..clients.len())];
-        expected += interested_total - u64::from(publisher_interested);
+        let (publisher, _) = clients[rng.random_range(0..clients.len())];
         let seq = publishes_by_origin.entry(publisher).or_insert(0);
         *seq += 1;
-        tally.multicasts.insert((publisher, *seq), i);
+        tally.expect(publisher, *seq, 0);
         let at = settled + gap * (i as u32 + 1);
         let payload = Bytes::from(format!("multicast {i}"));
         let publish = Input::Publish {
@@ -140,7 +144,6 @@ pub fn run(
         };
         sim.input_at(publisher, publish, at);
     }
-    tally.seen = vec![vec![0u64; sim.node_ids().count() / 64 + 1]; params.multicasts];
     let end = settled + gap * (params.multicasts as u32 + 1) + ms(500);
     let start = sim.now();
     while sim.now() < end {
@@ -152,12 +155,12 @@ pub fn run(
             total: end.saturating_sub(start).as_millis() as u64,
         });
     }
-    let Tally {
+    let DeliveryCounts {
         delivered,
+        expected,
         duplicates,
         unwanted,
-        ..
-    } = tally;
+    } = tally.counts();
     let multicasts = params.multicasts.max(1) as f64;
     let mut max_node = 0u64;
     let mut total = 0u64;
@@ -181,56 +184,7 @@ pub fn run(
     })
 }
 
-/// Counts unique, duplicate and unwanted deliveries of the experiment's multicasts, with
-/// one bit per (multicast, node) so a million-client run stays small.
-struct Tally {
-    wanted: Vec<bool>,
-    multicasts: std::collections::HashMap<(NodeId, u64), usize>,
-    seen: Vec<Vec<u64>>,
-    delivered: u64,
-    duplicates: u64,
-    unwanted: u64,
-}
-
-impl Tally {
-    fn new(nodes: usize, clients: &[(NodeId, bool)]) -> Tally {
-        let mut wanted = vec![false; nodes + 1];
-        for &(id, interested) in clients {
-            wanted[id as usize] = interested;
-        }
-        Tally {
-            wanted,
-            multicasts: Default::default(),
-            seen: Vec::new(),
-            delivered: 0,
-            duplicates: 0,
-            unwanted: 0,
-        }
-    }
-
-    fn absorb(&mut self, deliveries: Vec<crate::SimDelivery>) {
-        for d in deliveries {
-            let Some(&index) = self.multicasts.get(&(d.origin, d.origin_seq)) else {
-                continue;
-            };
-            let receiver = d.receiver as usize;
-            if !self.wanted.get(receiver).copied().unwrap_or(false) {
-                self.unwanted += 1;
-                continue;
-            }
-            let (word, bit) = (receiver / 64, 1u64 << (receiver % 64));
-            let seen = &mut self.seen[index][word];
-            if *seen & bit == 0 {
-                *seen |= bit;
-                self.delivered += 1;
-            } else {
-                self.duplicates += 1;
-            }
-        }
-    }
-}
-
-fn run_in_steps(
+pub(crate) fn run_in_steps(
     sim: &mut Sim,
     until: Time,
     phase: &'static str,

@@ -11,8 +11,11 @@ pub mod check;
 pub mod congestion;
 pub mod engine;
 pub mod failover;
-pub mod figure;
+pub mod figures;
 pub mod group;
+pub mod tally;
+pub mod working_sets;
+pub mod workload;
 
 pub use engine::{LatencyModel, MulticastHop, NodeCounters, Sim, SimDelivery};
 pub use group::GroupSpec;

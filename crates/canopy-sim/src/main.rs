@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use canopy_sim::congestion::{self, CongestionParams, CongestionResult, Progress, Topology};
 use canopy_sim::failover::{self, FailoverParams};
-use canopy_sim::figure::{self, SizePoint};
+use canopy_sim::figures::{self, FigureName, FigureOptions};
+use canopy_sim::working_sets::{self, WorkloadParams};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -43,21 +44,21 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
-    /// Reproduce the root-congestion figure at sizes from 100 to `--max-size` clients.
+    /// Run a W(S×K) workload (the seed's §8.3) and count the messages every router handles.
+    Workload {
+        #[command(flatten)]
+        params: WorkloadParams,
+        /// Print one JSON object as the last stdout line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw one of the seed's figures (or the filter table): an SVG, its JSON data and a
+    /// Markdown table under `--out-dir`. Exits 2 if a run's own checks failed.
     Figure {
-        #[arg(long, default_value_t = 1_000_000)]
-        max_size: usize,
-        #[arg(long, default_value_t = 20)]
-        multicasts: usize,
-        #[arg(long, default_value_t = 4)]
-        max_child_routers: usize,
-        #[arg(long, default_value_t = 64)]
-        max_clients: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where the SVG and JSON go.
-        #[arg(long, default_value = "docs/figures")]
-        out_dir: PathBuf,
+        #[arg(value_enum)]
+        name: FigureName,
+        #[command(flatten)]
+        options: FigureOptions,
     },
 }
 
@@ -131,6 +132,41 @@ fn run_failover(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+fn run_workload(params: &WorkloadParams, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let label = format!("{} {:?}", params.workload, params.topology).to_lowercase();
+    let (bar, mut update) = progress_bar(label);
+    let result = working_sets::run(params, &mut update).map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let c = &result.congestion;
+    let d = &result.deliveries;
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "{} on a {:?} of {} routers (depth {}): per write IR_r {:.2}, IR_0 {:.2}, IR_1 {:.2}, \
+             routers {:.2}, all nodes {:.2}; delivered {}/{} (duplicates {}, unwanted {})",
+            result.workload,
+            result.topology,
+            result.routers,
+            result.tree_depth,
+            c.root,
+            c.ir0,
+            c.ir1,
+            c.routers_total,
+            c.all_total,
+            d.delivered,
+            d.expected,
+            d.duplicates,
+            d.unwanted
+        );
+    }
+    if !d.exact() {
+        eprintln!("deliveries were not exact: an owed copy was lost, duplicated or misrouted");
+        return Ok(std::process::ExitCode::from(2));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Failover {
@@ -138,6 +174,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             json,
             out_dir,
         } => return run_failover(params, json, out_dir),
+        Command::Workload { params, json } => return run_workload(&params, json),
         Command::Congestion { params, json } => {
             if params.clients == 0 {
                 bail!("--clients must be at least 1");
@@ -173,64 +210,23 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             });
             println!("{summary}");
         }
-        Command::Figure {
-            max_size,
-            multicasts,
-            max_child_routers,
-            max_clients,
-            seed,
-            out_dir,
-        } => {
-            let mut points = Vec::new();
-            let sizes = [
-                100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000,
-            ];
-            for &clients in sizes.iter().filter(|&&n| n <= max_size) {
-                // Routers fill three quarters of their client capacity.
-                let routers = clients.div_ceil(max_clients * 3 / 4).max(1);
-                let params = CongestionParams {
-                    clients,
-                    routers,
-                    max_child_routers,
-                    max_clients,
-                    multicasts,
-                    seed,
-                    interest_fraction: 1.0,
-                };
-                let started = Instant::now();
-                let tree = run_one(&params, Topology::Tree)?;
-                let star = run_one(&params, Topology::Star)?;
-                let wall_seconds = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{clients:>9} clients: root msgs/multicast star {:.1}, tree {:.1} ({wall_seconds:.1} s)",
-                    star.root_msgs_per_multicast, tree.root_msgs_per_multicast
-                );
-                points.push(SizePoint {
-                    clients,
-                    routers,
-                    tree,
-                    star,
-                    wall_seconds,
-                });
-            }
-            std::fs::create_dir_all(&out_dir)
-                .with_context(|| format!("creating {}", out_dir.display()))?;
-            let svg = out_dir.join("root-congestion.svg");
-            figure::write_plot(&points, &svg).map_err(anyhow::Error::msg)?;
-            let json_path = out_dir.join("root-congestion.json");
-            std::fs::write(&json_path, serde_json::to_string_pretty(&points)?)
-                .with_context(|| format!("writing {}", json_path.display()))?;
-            let table = figure::markdown_table(&points);
-            let table_path = out_dir.join("root-congestion.md");
-            std::fs::write(&table_path, &table)
-                .with_context(|| format!("writing {}", table_path.display()))?;
-            println!("{table}");
+        Command::Figure { name, options } => {
+            let started = Instant::now();
+            let (bar, mut update) = progress_bar(name.file_stem().to_owned());
+            let (figure, written) =
+                figures::draw(name, &options, &mut update).map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            println!("{}", figure.markdown);
+            let paths: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             eprintln!(
-                "wrote {}, {} and {}",
-                svg.display(),
-                json_path.display(),
-                table_path.display()
+                "wrote {} in {:.1} s",
+                paths.join(", "),
+                started.elapsed().as_secs_f64()
             );
+            if !figure.checks_held {
+                eprintln!("a run's checks failed: a delivery was lost, duplicated or misrouted, or a tree was unsound");
+                return Ok(std::process::ExitCode::from(2));
+            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -93,6 +93,13 @@ impl InterestFilter {
         }
     }
 
+    /// Bytes the filter holds (0 once it gave up and forwards everything).
+    pub fn memory_bytes(&self) -> usize {
+        self.filter
+            .as_ref()
+            .map_or(0, qfilter::Filter::memory_usage)
+    }
+
     /// Whether the link may want `tag` (always true for the broadcast tag).
     pub fn may_contain(&self, tag: KeyTag) -> bool {
         if tag == BROADCAST_TAG {
@@ -287,6 +294,50 @@ impl LinkInterest {
             table.decrement(tag);
         }
     }
+}
+
+/// What one child link's interest costs its parent, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkMemory {
+    /// The exact tag set kept to withdraw the link's tags when it ends.
+    pub exact_set_bytes: usize,
+    /// The quotient filter consulted for every multicast.
+    pub filter_bytes: usize,
+}
+
+/// The memory a parent holds for a child link that advertised `tags`, built as a link's
+/// interest is built (one insert per tag into a resizeable filter).
+pub fn link_memory(tags: &[KeyTag], fp_rate: f64, key: FilterKey) -> LinkMemory {
+    let mut table = InterestTable::default();
+    let mut link = LinkInterest::new(fp_rate, key);
+    let delta = InterestDelta {
+        add: tags.to_vec(),
+        remove: Vec::new(),
+    };
+    link.apply_delta(&delta, &mut table);
+    LinkMemory {
+        exact_set_bytes: hash_set_bytes(link.tags.capacity()),
+        filter_bytes: link.filter.memory_bytes(),
+    }
+}
+
+/// Heap bytes of a `HashSet<u64>` of this capacity (std's swiss table: a power-of-two
+/// number of buckets at most 7/8 full, 8 bytes and one control byte each, plus one group of
+/// control bytes).
+fn hash_set_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        if capacity < 4 {
+            4
+        } else {
+            8
+        }
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<KeyTag>() + 1) + 16
 }
 
 #[cfg(test)]

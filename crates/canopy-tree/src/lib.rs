@@ -20,7 +20,7 @@ mod view;
 
 pub use canopy_proto as proto;
 pub use config::{ConfigError, ReignConfig, TreeConfig, TreeLimits};
-pub use interest::{FilterKey, InterestFilter, InterestTable};
+pub use interest::{link_memory, FilterKey, InterestFilter, InterestTable, LinkMemory};
 pub use io::{DropReason, Input, Output, RemovalReason, StepDownReason, TreeEvent};
 pub use node::{placement_grant, placement_grant_at_epoch, ChildInfo, Node, RootCandidate};
 pub use shape::{check_structure, NodeSummary, TreeShape};

@@ -1,12 +1,63 @@
-//! Reproduces the design's first published figure (root messages per multicast against
-//! network size, star against tree) as an SVG plot and a Markdown table.
+//! The seed's Fig. 4: root messages per multicast against network size, star against tree,
+//! every client subscribed to the one key.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Instant;
 
 use plotters::prelude::*;
 
-use crate::congestion::CongestionResult;
+use super::{Figure, FigureOptions};
+use crate::congestion::{self, CongestionParams, CongestionResult, Progress, Topology};
+
+const SIZES: [usize; 9] = [
+    100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000,
+];
+
+/// Measures both topologies at every size up to `--max-size` (3,000 with `--quick`).
+pub fn figure(
+    options: &FigureOptions,
+    svg: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Figure, String> {
+    let max_size = if options.quick {
+        3_000
+    } else {
+        options.max_size
+    };
+    let (max_child_routers, max_clients) = (4, 64);
+    let mut points = Vec::new();
+    for &clients in SIZES.iter().filter(|&&n| n <= max_size) {
+        // Routers fill three quarters of their client capacity.
+        let routers = clients.div_ceil(max_clients * 3 / 4).max(1);
+        let params = CongestionParams {
+            clients,
+            routers,
+            max_child_routers,
+            max_clients,
+            multicasts: 20,
+            seed: options.seed,
+            interest_fraction: 1.0,
+        };
+        let started = Instant::now();
+        let tree = congestion::run(&params, Topology::Tree, progress)?;
+        let star = congestion::run(&params, Topology::Star, progress)?;
+        points.push(SizePoint {
+            clients,
+            routers,
+            tree,
+            star,
+            wall_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    write_plot(&points, svg)?;
+    let held = points.iter().all(|p| {
+        [&p.tree, &p.star]
+            .iter()
+            .all(|r| r.delivered == r.expected && r.duplicates == 0 && r.unwanted == 0)
+    });
+    Figure::new(&points, markdown_table(&points), held)
+}
 
 /// One network size measured with both topologies.
 #[derive(Debug, Clone, serde::Serialize)]

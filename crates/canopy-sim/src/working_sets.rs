@@ -1,0 +1,245 @@
+//! The seed's interest-routing experiment (§8.3, Figs. 8–9): a W(S×K) workload on a tree
+//! (or a sharded star: every client a child of the root, one filter per link), counting the
+//! multicast messages each router handles. IR_r is the root and IR_0, IR_1 its two child
+//! routers (the seed's Fig. 7 binary tree; the paper never defines the labels).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_tree::{Input, NodeId, Role, Time, TreeConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::congestion::{run_in_steps, Progress, Topology};
+use crate::tally::{DeliveryCounts, Tally};
+use crate::workload::{schedule_writes, Workload};
+use crate::{LatencyModel, Sim};
+
+/// One run's settings (also the `workload` command's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadParams {
+    /// W(S×K) as SxK: S mutually exclusive working sets of K keys.
+    #[arg(long, default_value = "4x2")]
+    pub workload: Workload,
+    /// Clients, each running one worker.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Routers below the root (6 with 2 child routers each: the seed's height-3 binary tree).
+    #[arg(long, default_value_t = 6)]
+    pub routers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub max_child_routers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub max_clients: usize,
+    /// Writes in all, after the tree has settled.
+    #[arg(long, default_value_t = 2000)]
+    pub writes: usize,
+    /// Writes per second over all workers.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "tree")]
+    pub topology: Topology,
+}
+
+impl WorkloadParams {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 || self.writes == 0 {
+            return Err("--clients and --writes must be at least 1".into());
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be a positive number of writes per second".into());
+        }
+        Ok(())
+    }
+}
+
+/// Multicast messages (sent + received) per write.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Congestion {
+    /// IR_r: the root.
+    pub root: f64,
+    /// IR_0 and IR_1: the root's two child routers with the lowest ids (0 when absent).
+    pub ir0: f64,
+    pub ir1: f64,
+    /// Every router, the root included.
+    pub routers_total: f64,
+    /// Every node, clients included.
+    pub all_total: f64,
+    /// Percentiles over routers (the root included).
+    pub router_p50: f64,
+    pub router_p90: f64,
+    pub router_max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadResult {
+    pub workload: String,
+    pub topology: Topology,
+    pub clients: usize,
+    pub routers: usize,
+    pub writes: usize,
+    pub congestion: Congestion,
+    pub deliveries: DeliveryCounts,
+    pub tree_depth: usize,
+    pub sim_seconds: f64,
+}
+
+pub fn config(params: &WorkloadParams) -> TreeConfig {
+    TreeConfig {
+        max_child_routers: params.max_child_routers,
+        max_clients: params.max_clients,
+        ..TreeConfig::default()
+    }
+}
+
+/// Builds the network and returns it with its clients in join order.
+pub(crate) fn build(
+    params: &WorkloadParams,
+    rng: &mut SmallRng,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Sim, Vec<NodeId>), String> {
+    let config = config(params);
+    config.validate().map_err(|e| e.to_string())?;
+    let mut sim = Sim::new(config.clone(), LatencyModel::default(), params.seed);
+    let ms = Duration::from_millis;
+    sim.add_node(Role::Root, "", Time::ZERO);
+    let routers = match params.topology {
+        Topology::Tree => params.routers,
+        Topology::Star => 0,
+    };
+    for _ in 0..routers {
+        let at = ms(10) + ms(1000).mul_f64(rng.random::<f64>());
+        sim.add_node(Role::Router, "", at);
+    }
+    let clients_start = ms(1500);
+    let join_span = ms(1000).max(ms((params.clients / 500) as u64));
+    let mut joins: Vec<(Time, NodeId)> = (0..params.clients)
+        .map(|_| {
+            let at = clients_start + join_span.mul_f64(rng.random::<f64>());
+            (at, sim.add_node(Role::Client, "", at))
+        })
+        .collect();
+    joins.sort_unstable();
+    let settled = clients_start + join_span + config.heartbeat_interval * 4;
+    run_in_steps(&mut sim, settled, "building", progress);
+    crate::check::check_tree(&sim)?;
+    Ok((sim, joins.into_iter().map(|(_, id)| id).collect()))
+}
+
+/// Runs one workload on one topology.
+pub fn run(
+    params: &WorkloadParams,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<WorkloadResult, String> {
+    params.validate()?;
+    let mut rng = SmallRng::seed_from_u64(params.seed);
+    let (mut sim, workers) = build(params, &mut rng, progress)?;
+    let workload = params.workload;
+    let max_node = sim.node_ids().max().unwrap_or(1);
+    let mut tally = Tally::new(max_node);
+    for (index, &worker) in workers.iter().enumerate() {
+        let set = workload.set_of_worker(index);
+        tally.join_group(worker, set);
+        for tag in workload.set_tags(set) {
+            sim.input_at(worker, Input::Subscribe(tag), sim.now());
+        }
+    }
+    // Interest travels up in batched heartbeats: let it settle before counting.
+    let counting_from = sim.now() + sim.config().heartbeat_interval * 3;
+    run_in_steps(&mut sim, counting_from, "subscribing", progress);
+    sim.reset_counters();
+    sim.take_deliveries();
+
+    let writes = schedule_writes(
+        &workload,
+        workers.len(),
+        params.writes,
+        params.rate,
+        counting_from,
+        &mut rng,
+    );
+    let mut seqs: HashMap<NodeId, u64> = HashMap::new();
+    for (i, write) in writes.iter().enumerate() {
+        let origin = workers[write.worker];
+        let seq = seqs.entry(origin).or_insert(0);
+        *seq += 1;
+        tally.expect(origin, *seq, write.set);
+        let payload = Bytes::from(format!("write {i}"));
+        let publish = Input::Publish {
+            key_tag: write.tag,
+            payload,
+        };
+        sim.input_at(origin, publish, write.at);
+    }
+    let last = writes.last().map_or(counting_from, |w| w.at);
+    let end = last + Duration::from_millis(500);
+    while sim.now() < end {
+        sim.run_until((sim.now() + Duration::from_millis(50)).min(end));
+        tally.absorb(sim.take_deliveries());
+        progress(Progress {
+            phase: "writing",
+            done: sim.now().saturating_sub(counting_from).as_millis() as u64,
+            total: end.saturating_sub(counting_from).as_millis() as u64,
+        });
+    }
+    let shape = crate::check::check_tree(&sim)?;
+    Ok(WorkloadResult {
+        workload: workload.to_string(),
+        topology: params.topology,
+        clients: params.clients,
+        routers: shape.routers,
+        writes: params.writes,
+        congestion: measure(&sim, params.writes),
+        deliveries: tally.counts(),
+        tree_depth: shape.depth,
+        sim_seconds: sim.now().as_secs_f64(),
+    })
+}
+
+/// Messages per write at the root, its first two child routers and over all routers.
+pub(crate) fn measure(sim: &Sim, writes: usize) -> Congestion {
+    let per_write = |count: u64| count as f64 / writes.max(1) as f64;
+    let root = sim.node(1);
+    let mut root_routers: Vec<NodeId> = root
+        .map(|r| {
+            r.children()
+                .filter(|c| c.role == Role::Router)
+                .map(|c| c.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    root_routers.sort_unstable();
+    let at = |i: usize| {
+        root_routers
+            .get(i)
+            .map_or(0.0, |&id| per_write(sim.counters(id).multicast_total()))
+    };
+    let mut router_counts: Vec<u64> = sim
+        .live_nodes()
+        .filter(|n| n.role().is_router())
+        .map(|n| sim.counters(n.id()).multicast_total())
+        .collect();
+    router_counts.sort_unstable();
+    let percentile = |p: f64| {
+        let index = ((router_counts.len() as f64 - 1.0) * p).round() as usize;
+        router_counts.get(index).map_or(0.0, |&c| per_write(c))
+    };
+    let all: u64 = sim
+        .live_nodes()
+        .map(|n| sim.counters(n.id()).multicast_total())
+        .sum();
+    Congestion {
+        root: per_write(sim.counters(1).multicast_total()),
+        ir0: at(0),
+        ir1: at(1),
+        routers_total: per_write(router_counts.iter().sum()),
+        all_total: per_write(all),
+        router_p50: percentile(0.5),
+        router_p90: percentile(0.9),
+        router_max: percentile(1.0),
+    }
+}
