@@ -1,0 +1,181 @@
+//! Interest: which key tags a node and each of its child links want.
+//!
+//! Every router keeps, per child link, the exact tag set the child advertised (so it can
+//! withdraw those tags when the child goes) and a quotient filter built from it (the
+//! forwarding table consulted for every multicast). Across its own interests and all child
+//! links it keeps a count per tag, so a tag is advertised upward when its count leaves 0 and
+//! withdrawn only when no child and not the node itself want it any more.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+mod filter;
+mod link;
+
+use canopy_proto::v1::InterestDelta;
+
+pub use filter::{FilterKey, InterestFilter};
+pub(crate) use link::LinkInterest;
+pub use link::{link_memory, LinkMemory};
+
+use crate::KeyTag;
+
+/// Deterministic hashing, so runs with the same seed iterate maps in the same order. Only for
+/// maps keyed by what peers do not choose (node ids from certificates).
+pub(crate) type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+/// Tags are chosen by peers: their sets hash with per-process random keys (std's SipHash
+/// `RandomState`), so nobody can pick tags that collide. Nothing observable depends on their
+/// iteration order: every tag list that leaves a node is sorted first.
+pub(crate) type TagSet = HashSet<KeyTag, RandomState>;
+type TagCounts = HashMap<KeyTag, u32, RandomState>;
+
+/// A node's aggregate interest: its own subscriptions plus its children's, with counts and
+/// the pending changes not yet advertised to the parent.
+#[derive(Debug, Clone, Default)]
+pub struct InterestTable {
+    own: TagSet,
+    counts: TagCounts,
+    pending_add: TagSet,
+    pending_remove: TagSet,
+}
+
+impl InterestTable {
+    /// Whether the node itself (not a child) wants `tag`.
+    pub fn wants_locally(&self, tag: KeyTag) -> bool {
+        self.own.contains(&tag)
+    }
+
+    /// The node's own subscriptions.
+    pub fn own(&self) -> impl Iterator<Item = KeyTag> + '_ {
+        self.own.iter().copied()
+    }
+
+    /// Whether anyone in the subtree (the node included) wants `tag`.
+    pub fn subtree_wants(&self, tag: KeyTag) -> bool {
+        self.counts.contains_key(&tag)
+    }
+
+    /// Number of distinct tags the subtree wants.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether the subtree wants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The node itself starts wanting `tag`. Returns false if it already did.
+    pub fn subscribe(&mut self, tag: KeyTag) -> bool {
+        if !self.own.insert(tag) {
+            return false;
+        }
+        self.increment(tag);
+        true
+    }
+
+    /// The node itself stops wanting `tag`. Returns false if it did not.
+    pub fn unsubscribe(&mut self, tag: KeyTag) -> bool {
+        if !self.own.remove(&tag) {
+            return false;
+        }
+        self.decrement(tag);
+        true
+    }
+
+    /// One more child link wants `tag`.
+    pub fn increment(&mut self, tag: KeyTag) {
+        let count = self.counts.entry(tag).or_insert(0);
+        *count += 1;
+        if *count == 1 && !self.pending_remove.remove(&tag) {
+            self.pending_add.insert(tag);
+        }
+    }
+
+    /// One child link fewer wants `tag`.
+    pub fn decrement(&mut self, tag: KeyTag) {
+        let Some(count) = self.counts.get_mut(&tag) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&tag);
+            if !self.pending_add.remove(&tag) {
+                self.pending_remove.insert(tag);
+            }
+        }
+    }
+
+    /// Whether changes are waiting to be advertised.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_add.is_empty() || !self.pending_remove.is_empty()
+    }
+
+    /// Takes the changes since the last delta or snapshot.
+    pub fn take_delta(&mut self) -> InterestDelta {
+        self.take_delta_limited(usize::MAX)
+    }
+
+    /// Takes at most `max_tags` of the pending changes (removals first, lowest tags first);
+    /// the rest stay pending for the next delta, so a change too large for one frame goes up
+    /// in pieces and nothing is lost.
+    pub fn take_delta_limited(&mut self, max_tags: usize) -> InterestDelta {
+        let remove = take_sorted(&mut self.pending_remove, max_tags);
+        let add = take_sorted(&mut self.pending_add, max_tags - remove.len());
+        InterestDelta { add, remove }
+    }
+
+    /// The whole wanted set, which also clears the pending changes (a snapshot supersedes
+    /// them).
+    pub fn take_snapshot(&mut self) -> Vec<KeyTag> {
+        self.pending_add.clear();
+        self.pending_remove.clear();
+        let mut tags: Vec<KeyTag> = self.counts.keys().copied().collect();
+        tags.sort_unstable();
+        tags
+    }
+}
+
+/// Removes and returns the `max` lowest tags of `set`.
+fn take_sorted(set: &mut TagSet, max: usize) -> Vec<KeyTag> {
+    let mut tags: Vec<KeyTag> = set.drain().collect();
+    tags.sort_unstable();
+    if tags.len() > max {
+        set.extend(tags.drain(max..));
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limited_deltas_carry_every_change_in_pieces() {
+        let mut table = InterestTable::default();
+        for tag in 1..=10 {
+            table.subscribe(tag);
+        }
+        table.take_delta();
+        for tag in 1..=3 {
+            table.unsubscribe(tag);
+        }
+        for tag in 11..=15 {
+            table.subscribe(tag);
+        }
+        let first = table.take_delta_limited(4);
+        assert_eq!((first.remove, first.add), (vec![1, 2, 3], vec![11]));
+        let second = table.take_delta_limited(4);
+        assert_eq!((second.remove, second.add), (vec![], vec![12, 13, 14, 15]));
+        assert!(!table.has_pending());
+    }
+
+    #[test]
+    fn add_then_remove_before_advertising_cancels_out() {
+        let mut table = InterestTable::default();
+        table.subscribe(5);
+        table.unsubscribe(5);
+        assert!(!table.has_pending());
+    }
+}
