@@ -274,6 +274,8 @@ pub struct TreeShapeConfig {
     pub max_clients: usize,
     pub imbalance_bound: u32,
     pub filter_fp_rate: f64,
+    /// Routers send a multicast up only when the rest of the tree wants its key.
+    pub upward_filters: bool,
 }
 
 impl Default for TreeShapeConfig {
@@ -284,6 +286,7 @@ impl Default for TreeShapeConfig {
             max_clients: tree.max_clients,
             imbalance_bound: tree.imbalance_bound,
             filter_fp_rate: tree.filter_fp_rate,
+            upward_filters: tree.upward_filters,
         }
     }
 }
@@ -384,6 +387,7 @@ impl NodeConfig {
             max_clients: self.tree.max_clients,
             imbalance_bound: self.tree.imbalance_bound,
             filter_fp_rate: self.tree.filter_fp_rate,
+            upward_filters: self.tree.upward_filters,
             limits: self.limits.tree_limits(),
         };
         tree.validate().map_err(|e| {

@@ -46,6 +46,7 @@ impl ControlMessage {
             Some(Body::ReleaseChild(_)) => "release_child",
             Some(Body::Revocations(_)) => "revocations",
             Some(Body::LinkRefresh(_)) => "link_refresh",
+            Some(Body::OutsideInterest(_)) => "outside_interest",
         }
     }
 }

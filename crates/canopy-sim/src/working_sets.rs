@@ -17,6 +17,18 @@ use crate::tally::{DeliveryCounts, Tally};
 use crate::workload::{schedule_writes, Workload};
 use crate::{LatencyModel, Sim};
 
+/// How working sets are laid over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// Round robin over workers in join order: a set's workers land all over the tree (the
+    /// seed's static allocation).
+    Spread,
+    /// By an oracle that knows the tree: workers in tree order get sets in contiguous
+    /// blocks, so a set's workers share a subtree where they fit (a local workload).
+    Local,
+}
+
 /// One run's settings (also the `workload` command's flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadParams {
@@ -43,6 +55,12 @@ pub struct WorkloadParams {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "tree")]
     pub topology: Topology,
+    /// Routers send a multicast up only when the rest of the tree wants it (`false`: every
+    /// multicast climbs to the root, as in the seed design).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub upward_filters: bool,
+    #[arg(long, value_enum, default_value = "spread")]
+    pub allocation: Allocation,
 }
 
 impl WorkloadParams {
@@ -92,6 +110,7 @@ pub fn config(params: &WorkloadParams) -> TreeConfig {
     TreeConfig {
         max_child_routers: params.max_child_routers,
         max_clients: params.max_clients,
+        upward_filters: params.upward_filters,
         ..TreeConfig::default()
     }
 }
@@ -141,8 +160,8 @@ pub fn run(
     let workload = params.workload;
     let max_node = sim.node_ids().max().unwrap_or(1);
     let mut tally = Tally::new(max_node);
-    for (index, &worker) in workers.iter().enumerate() {
-        let set = workload.set_of_worker(index);
+    let sets = allocate(&sim, &workers, &workload, params.allocation);
+    for (&worker, &set) in workers.iter().zip(&sets) {
         tally.join_group(worker, set);
         for tag in workload.set_tags(set) {
             sim.input_at(worker, Input::Subscribe(tag), sim.now());
@@ -156,7 +175,7 @@ pub fn run(
 
     let writes = schedule_writes(
         &workload,
-        workers.len(),
+        &sets,
         params.writes,
         params.rate,
         counting_from,
@@ -198,6 +217,39 @@ pub fn run(
         tree_depth: shape.depth,
         sim_seconds: sim.now().as_secs_f64(),
     })
+}
+
+/// The working set of each worker, in the order of `workers`.
+fn allocate(sim: &Sim, workers: &[NodeId], workload: &Workload, how: Allocation) -> Vec<u32> {
+    match how {
+        Allocation::Spread => (0..workers.len())
+            .map(|i| workload.set_of_worker(i))
+            .collect(),
+        Allocation::Local => {
+            // Tree order: by the chain of ancestors from the root down.
+            let path = |mut id: NodeId| {
+                let mut chain = vec![id];
+                while let Some(parent) = sim.node(id).and_then(|n| n.parent()) {
+                    chain.push(parent);
+                    id = parent;
+                }
+                chain.reverse();
+                chain
+            };
+            let mut order: Vec<(Vec<NodeId>, usize)> = workers
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| (path(w), i))
+                .collect();
+            order.sort();
+            let mut sets = vec![0; workers.len()];
+            let n = workers.len().max(1);
+            for (rank, (_, i)) in order.into_iter().enumerate() {
+                sets[i] = (rank * workload.sets as usize / n) as u32;
+            }
+            sets
+        }
+    }
 }
 
 /// Messages per write at the root, its first two child routers and over all routers.

@@ -95,18 +95,18 @@ pub struct Write {
     pub tag: KeyTag,
 }
 
-/// `count` writes from `workers` workers at `rate` writes per second in all, starting after
-/// `start`.
+/// `count` writes at `rate` writes per second in all, starting after `start`, from workers
+/// whose working sets `sets` gives (one entry per worker).
 pub fn schedule_writes(
     workload: &Workload,
-    workers: usize,
+    sets: &[u32],
     count: usize,
     rate: f64,
     start: Time,
     rng: &mut impl Rng,
 ) -> Vec<Write> {
     assert!(
-        workers > 0 && rate > 0.0,
+        !sets.is_empty() && rate > 0.0,
         "a workload needs workers and a rate"
     );
     let mut at = start;
@@ -114,8 +114,8 @@ pub fn schedule_writes(
         .map(|_| {
             let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
             at += Duration::from_secs_f64(gap);
-            let worker = rng.random_range(0..workers);
-            let set = workload.set_of_worker(worker);
+            let worker = rng.random_range(0..sets.len());
+            let set = sets[worker];
             let key = rng.random_range(0..workload.keys_per_set);
             Write {
                 at,
@@ -159,7 +159,8 @@ mod tests {
     fn writes_stay_in_the_writers_set_at_the_asked_rate() {
         let w = Workload::new(4, 2);
         let mut rng = SmallRng::seed_from_u64(7);
-        let writes = schedule_writes(&w, 32, 10_000, 1000.0, Time::ZERO, &mut rng);
+        let sets: Vec<u32> = (0..32).map(|i| w.set_of_worker(i)).collect();
+        let writes = schedule_writes(&w, &sets, 10_000, 1000.0, Time::ZERO, &mut rng);
         for write in &writes {
             assert_eq!(write.set, w.set_of_worker(write.worker));
             assert!(w.set_tags(write.set).any(|t| t == write.tag));

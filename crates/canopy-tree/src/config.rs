@@ -35,6 +35,10 @@ pub struct TreeConfig {
     pub imbalance_bound: u32,
     /// False-positive rate of per-link interest filters.
     pub filter_fp_rate: f64,
+    /// Upward filters: parents tell router children what the rest of the tree wants, and a
+    /// router sends a multicast up only when someone outside its subtree wants the key.
+    /// Off, every multicast climbs to the root (the seed design).
+    pub upward_filters: bool,
     /// Bounds on what one peer can make this node accept or hold.
     pub limits: TreeLimits,
 }
@@ -94,6 +98,7 @@ impl Default for TreeConfig {
             max_clients: 64,
             imbalance_bound: 2,
             filter_fp_rate: 0.001,
+            upward_filters: true,
             limits: TreeLimits::default(),
         }
     }

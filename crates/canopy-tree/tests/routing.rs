@@ -409,10 +409,11 @@ fn multicast_goes_up_and_only_down_interested_links() {
     );
     assert_eq!(receivers, vec![b1]);
 
-    // Once b1 unsubscribes, the copy stops at the root.
+    // Once b1 unsubscribes, nobody outside ra's subtree wants the tag: ra's parent says
+    // so (upward filters), and the copy stops at ra.
     unsubscribe(&mut net, b1, TAG);
     let (hops_seen, receivers) = publish(&mut net, a1, TAG);
-    assert_eq!(hops_seen, hops(&[(a1, ra), (ra, ROOT)]));
+    assert_eq!(hops_seen, hops(&[(a1, ra)]));
     assert!(receivers.is_empty());
 }
 

@@ -90,6 +90,7 @@ pub fn fast_tree_config() -> TreeConfig {
         max_clients: 16,
         imbalance_bound: 2,
         filter_fp_rate: 0.001,
+        upward_filters: true,
         limits: Default::default(),
     }
 }

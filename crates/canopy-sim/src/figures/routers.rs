@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::plot::{LineChart, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::{Progress, Topology};
-use crate::working_sets::{self, WorkloadParams, WorkloadResult};
+use crate::working_sets::{self, Allocation, WorkloadParams, WorkloadResult};
 use crate::workload::Workload;
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,8 @@ pub fn figure(
             } else {
                 Topology::Tree
             },
+            upward_filters: false,
+            allocation: Allocation::Spread,
         };
         let result = working_sets::run(&params, progress)?;
         points.push(RoutersPoint { routers, result });

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::plot::{LineChart, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::{Progress, Topology};
-use crate::working_sets::{self, WorkloadParams, WorkloadResult};
+use crate::working_sets::{self, Allocation, WorkloadParams, WorkloadResult};
 use crate::workload::Workload;
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +44,8 @@ pub fn figure(
             rate: 200.0,
             seed: options.seed,
             topology,
+            upward_filters: false,
+            allocation: Allocation::Spread,
         };
         points.push(ShardedPoint {
             clients,

@@ -10,7 +10,7 @@ use super::plot::BarChart;
 use super::{mean, Figure, FigureOptions};
 use crate::congestion::{Progress, Topology};
 use crate::tally::DeliveryCounts;
-use crate::working_sets::{self, WorkloadParams};
+use crate::working_sets::{self, Allocation, WorkloadParams};
 use crate::workload::{Workload, SEED_WORKLOADS};
 
 /// One workload's congestion, averaged over seeds.
@@ -40,6 +40,8 @@ pub fn seed_tree(workload: Workload, seed: u64, quick: bool) -> WorkloadParams {
         rate: 500.0,
         seed,
         topology: Topology::Tree,
+        upward_filters: false,
+        allocation: Allocation::Spread,
     }
 }
 

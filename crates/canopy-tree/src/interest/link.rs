@@ -3,7 +3,7 @@
 use canopy_proto::v1::InterestDelta;
 
 use super::{FilterKey, InterestFilter, InterestTable, TagSet};
-use crate::KeyTag;
+use crate::{KeyTag, NodeId};
 
 /// What a parent knows of one child link's interest: the exact set (to withdraw it when
 /// the link ends) and the filter built from it (to route).
@@ -12,14 +12,17 @@ pub(crate) struct LinkInterest {
     tags: TagSet,
     filter: InterestFilter,
     key: FilterKey,
+    /// The child at the other end, as the holder of every tag it advertised.
+    child: NodeId,
 }
 
 impl LinkInterest {
-    pub(crate) fn new(fp_rate: f64, key: FilterKey) -> Self {
+    pub(crate) fn new(fp_rate: f64, key: FilterKey, child: NodeId) -> Self {
         LinkInterest {
             tags: TagSet::default(),
             filter: InterestFilter::new(fp_rate, key),
             key,
+            child,
         }
     }
 
@@ -41,13 +44,13 @@ impl LinkInterest {
         for &tag in &delta.remove {
             if self.tags.remove(&tag) {
                 self.filter.remove(tag);
-                table.decrement(tag);
+                table.decrement(tag, self.child);
             }
         }
         for &tag in &delta.add {
             if self.tags.insert(tag) {
                 self.filter.insert(tag);
-                table.increment(tag);
+                table.increment(tag, self.child);
             }
         }
     }
@@ -59,7 +62,7 @@ impl LinkInterest {
         for &tag in tags {
             if self.tags.insert(tag) {
                 self.filter.insert(tag);
-                table.increment(tag);
+                table.increment(tag, self.child);
             }
         }
     }
@@ -67,7 +70,7 @@ impl LinkInterest {
     /// Withdraws the whole set from the aggregate (the link ended).
     pub(crate) fn clear(&mut self, table: &mut InterestTable) {
         for tag in self.tags.drain() {
-            table.decrement(tag);
+            table.decrement(tag, self.child);
         }
     }
 }
@@ -85,7 +88,7 @@ pub struct LinkMemory {
 /// interest is built (one insert per tag into a resizeable filter).
 pub fn link_memory(tags: &[KeyTag], fp_rate: f64, key: FilterKey) -> LinkMemory {
     let mut table = InterestTable::default();
-    let mut link = LinkInterest::new(fp_rate, key);
+    let mut link = LinkInterest::new(fp_rate, key, 1);
     let delta = InterestDelta {
         add: tags.to_vec(),
         remove: Vec::new(),
@@ -123,8 +126,8 @@ mod tests {
     #[test]
     fn tag_leaves_advertisement_only_when_no_child_wants_it() {
         let mut table = InterestTable::default();
-        let mut a = LinkInterest::new(0.01, FilterKey::default());
-        let mut b = LinkInterest::new(0.01, FilterKey::default());
+        let mut a = LinkInterest::new(0.01, FilterKey::default(), 1);
+        let mut b = LinkInterest::new(0.01, FilterKey::default(), 2);
         a.apply_delta(
             &InterestDelta {
                 add: vec![7],
@@ -158,7 +161,7 @@ mod tests {
     #[test]
     fn snapshot_replaces_link_set_and_withdraws_the_old_one() {
         let mut table = InterestTable::default();
-        let mut link = LinkInterest::new(0.01, FilterKey::default());
+        let mut link = LinkInterest::new(0.01, FilterKey::default(), 1);
         link.replace(&[1, 2, 3], 0.01, &mut table);
         table.take_delta();
         link.replace(&[3, 4], 0.01, &mut table);

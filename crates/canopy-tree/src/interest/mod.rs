@@ -5,6 +5,10 @@
 //! forwarding table consulted for every multicast). Across its own interests and all child
 //! links it keeps a count per tag, so a tag is advertised upward when its count leaves 0 and
 //! withdrawn only when no child and not the node itself want it any more.
+//!
+//! With upward filters the table also holds what the parent says the rest of the tree wants
+//! (see `outside`), and remembers who holds each tag, so that it can tell every router child
+//! what is wanted outside that child's subtree.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -12,14 +16,16 @@ use std::hash::BuildHasherDefault;
 
 mod filter;
 mod link;
+mod outside;
 
 use canopy_proto::v1::InterestDelta;
 
 pub use filter::{FilterKey, InterestFilter};
 pub(crate) use link::LinkInterest;
 pub use link::{link_memory, LinkMemory};
+pub(crate) use outside::{AboveChange, Holding, OWN};
 
-use crate::KeyTag;
+use crate::{KeyTag, NodeId};
 
 /// Deterministic hashing, so runs with the same seed iterate maps in the same order. Only for
 /// maps keyed by what peers do not choose (node ids from certificates).
@@ -28,7 +34,15 @@ pub(crate) type FixedState = BuildHasherDefault<std::collections::hash_map::Defa
 /// `RandomState`), so nobody can pick tags that collide. Nothing observable depends on their
 /// iteration order: every tag list that leaves a node is sorted first.
 pub(crate) type TagSet = HashSet<KeyTag, RandomState>;
-type TagCounts = HashMap<KeyTag, u32, RandomState>;
+type TagCounts = HashMap<KeyTag, TagCount, RandomState>;
+
+/// Who wants a tag: how many holders (child links and the node itself), and the XOR of
+/// their ids, which names the holder whenever there is exactly one.
+#[derive(Debug, Clone, Copy, Default)]
+struct TagCount {
+    holders: u32,
+    ids: NodeId,
+}
 
 /// A node's aggregate interest: its own subscriptions plus its children's, with counts and
 /// the pending changes not yet advertised to the parent.
@@ -38,6 +52,12 @@ pub struct InterestTable {
     counts: TagCounts,
     pending_add: TagSet,
     pending_remove: TagSet,
+    /// What the parent says the rest of the tree wants.
+    above: outside::Above,
+    /// Set on routers that tell their router children what is wanted outside them.
+    track_outside: bool,
+    /// How each tag changed since the children were last told was held before the change.
+    dirty: HashMap<KeyTag, Holding, RandomState>,
 }
 
 impl InterestTable {
@@ -71,7 +91,7 @@ impl InterestTable {
         if !self.own.insert(tag) {
             return false;
         }
-        self.increment(tag);
+        self.increment(tag, OWN);
         true
     }
 
@@ -80,26 +100,33 @@ impl InterestTable {
         if !self.own.remove(&tag) {
             return false;
         }
-        self.decrement(tag);
+        self.decrement(tag, OWN);
         true
     }
 
-    /// One more child link wants `tag`.
-    pub fn increment(&mut self, tag: KeyTag) {
-        let count = self.counts.entry(tag).or_insert(0);
-        *count += 1;
-        if *count == 1 && !self.pending_remove.remove(&tag) {
+    /// One more holder (`holder`: a child link's id, or [`OWN`]) wants `tag`.
+    pub(crate) fn increment(&mut self, tag: KeyTag, holder: NodeId) {
+        self.capture(tag);
+        let count = self.counts.entry(tag).or_default();
+        count.holders += 1;
+        count.ids ^= holder;
+        if count.holders == 1 && !self.pending_remove.remove(&tag) {
             self.pending_add.insert(tag);
         }
     }
 
-    /// One child link fewer wants `tag`.
-    pub fn decrement(&mut self, tag: KeyTag) {
+    /// `holder` no longer wants `tag`.
+    pub(crate) fn decrement(&mut self, tag: KeyTag, holder: NodeId) {
+        if !self.counts.contains_key(&tag) {
+            return;
+        }
+        self.capture(tag);
         let Some(count) = self.counts.get_mut(&tag) else {
             return;
         };
-        *count -= 1;
-        if *count == 0 {
+        count.holders -= 1;
+        count.ids ^= holder;
+        if count.holders == 0 {
             self.counts.remove(&tag);
             if !self.pending_add.remove(&tag) {
                 self.pending_remove.insert(tag);

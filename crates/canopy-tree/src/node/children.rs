@@ -27,6 +27,9 @@ pub(super) struct ChildLink {
     /// link's interest at once (nothing the child wants goes unforwarded meanwhile); the
     /// last one replaces the link's interest with the whole set.
     pub(super) pending_snapshot: Option<Vec<KeyTag>>,
+    /// A router child has been sent a snapshot of what is wanted outside it (upward
+    /// filters); from then on it gets changes only.
+    pub(super) outside_sent: bool,
 }
 
 impl ChildLink {
@@ -121,6 +124,7 @@ impl Node {
                 link.address = address;
                 link.subtree = SubtreeSize::default();
                 link.pending_snapshot = None;
+                link.outside_sent = false;
             }
             None => {
                 self.children.insert(
@@ -132,8 +136,9 @@ impl Node {
                         attached: false,
                         last_heard: now,
                         subtree: SubtreeSize::default(),
-                        interest: LinkInterest::new(fp_rate, self.filter_key),
+                        interest: LinkInterest::new(fp_rate, self.filter_key, child),
                         pending_snapshot: None,
+                        outside_sent: false,
                     },
                 );
                 out.push(Output::Event(TreeEvent::ChildAdopted { child }));
@@ -197,6 +202,7 @@ impl Node {
         };
         link.assignment_id = reattach.assignment_id;
         link.attached = true;
+        link.outside_sent = false;
         link.subtree = reattach.subtree.unwrap_or_default();
         if more {
             let chunk = InterestDelta {

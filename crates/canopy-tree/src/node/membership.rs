@@ -207,6 +207,8 @@ impl Node {
         });
         self.joining = None;
         self.interest_flush_at = None;
+        // What the old parent said of the rest of the tree waits for the new one's word.
+        self.interest.above_reparented();
         // Epoch and root come from the root's signed grant, not from the parent.
         self.observe_epoch(placement.topology_epoch, out);
         self.observe_root(placement.root_id);
@@ -323,6 +325,7 @@ impl Node {
     pub(super) fn send_heartbeats(&mut self, now: Time, out: &mut Vec<Output>) {
         self.send_parent_heartbeat(now, out);
         self.send_child_heartbeats(out);
+        self.send_outside(out);
     }
 
     /// Heartbeats to each child: the topology epoch, the link's assignment, the root.

@@ -4,6 +4,7 @@ mod budget;
 mod children;
 mod leadership;
 mod membership;
+mod outside;
 mod placement;
 
 pub use placement::{placement_grant, placement_grant_at_epoch};
@@ -245,6 +246,13 @@ impl Node {
         }
         self.started = true;
         self.upward = budget::TagBudget::full(self.upward_budget(), now);
+        if self.upward_filters() {
+            self.interest.track_outside();
+        }
+        if self.role == Role::Root {
+            // A root has no parent: nothing is wanted above it.
+            self.interest.above_is_nothing();
+        }
         self.interest.subscribe(node_tag(self.id));
         let interval = self.config.heartbeat_interval;
         self.next_heartbeat = now + interval.mul_f64(self.rng.random::<f64>());
@@ -281,6 +289,7 @@ impl Node {
             Body::ChildRemoved(removed) => self.root_on_child_removed(from, removed, now, out),
             Body::ReleaseChild(release) => self.on_release(from, release, now, out),
             Body::Multicast(multicast) => self.on_multicast(from, multicast, out),
+            Body::OutsideInterest(msg) => self.on_outside_interest(from, msg, now, out),
             // Raft, operator and revocation traffic belongs to the driver, never to the tree.
             Body::RaftRequest(_)
             | Body::RaftResponse(_)
@@ -314,6 +323,7 @@ impl Node {
         if self.interest_flush_at.is_some_and(|at| now >= at) {
             self.interest_flush_at = None;
             self.send_parent_heartbeat(now, out);
+            self.send_outside(out);
         }
         if self.reign.is_some() {
             self.reign_on_tick(now, out);
@@ -324,7 +334,9 @@ impl Node {
     }
 
     fn schedule_interest_flush(&mut self, now: Time) {
-        if self.interest_flush_at.is_none() && self.interest.has_pending() {
+        if self.interest_flush_at.is_none()
+            && (self.interest.has_pending() || self.outside_work_pending())
+        {
             self.interest_flush_at = Some(now + self.config.interest_batch_delay);
         }
     }

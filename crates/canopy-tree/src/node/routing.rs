@@ -61,7 +61,9 @@ impl Node {
     /// the tag: at most (children + 1) copies, all identical (the driver encodes it once).
     fn forward(&self, multicast: Multicast, arrived_from: Option<NodeId>, out: &mut Vec<Output>) {
         let tag = multicast.key_tag;
-        let up = self.parent().filter(|&p| Some(p) != arrived_from);
+        let up = self
+            .parent()
+            .filter(|&p| Some(p) != arrived_from && self.sends_up(tag));
         let down = self.children.iter().filter(|(&id, link)| {
             link.attached && Some(id) != arrived_from && link.interest.may_contain(tag)
         });

@@ -47,6 +47,7 @@ pub fn config() -> TreeConfig {
         max_clients: 8,
         imbalance_bound: 2,
         filter_fp_rate: 0.0001,
+        upward_filters: true,
         limits: Default::default(),
     };
     config.validate().expect("test config is valid");
