@@ -276,6 +276,8 @@ pub struct TreeShapeConfig {
     pub filter_fp_rate: f64,
     /// Routers send a multicast up only when the rest of the tree wants its key.
     pub upward_filters: bool,
+    /// The root moves clients next to the other writers of their keys.
+    pub reallocate: bool,
 }
 
 impl Default for TreeShapeConfig {
@@ -287,6 +289,7 @@ impl Default for TreeShapeConfig {
             imbalance_bound: tree.imbalance_bound,
             filter_fp_rate: tree.filter_fp_rate,
             upward_filters: tree.upward_filters,
+            reallocate: tree.reallocate,
         }
     }
 }
@@ -388,6 +391,7 @@ impl NodeConfig {
             imbalance_bound: self.tree.imbalance_bound,
             filter_fp_rate: self.tree.filter_fp_rate,
             upward_filters: self.tree.upward_filters,
+            reallocate: self.tree.reallocate,
             limits: self.limits.tree_limits(),
         };
         tree.validate().map_err(|e| {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_proto::{Body, ControlMessage};
-use canopy_tree::{Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig};
+use canopy_tree::{
+    Input, KeyTag, Node, NodeId, Output, Role, RootCandidate, Time, TreeConfig, TreeEvent,
+};
 
 use crate::group::{Commit, GroupActions, GroupEvent, GroupModel, GroupSpec};
 
@@ -101,6 +103,8 @@ pub struct Sim {
     /// Root actions (proposals, placements, culls) taken by a candidate the group did not
     /// consider its leader at that moment: must stay 0.
     stale_root_actions: u64,
+    /// Clients the root moved (cache-aware reallocation).
+    reallocations: u64,
 }
 
 fn nanos(t: Time) -> u64 {
@@ -136,6 +140,7 @@ impl Sim {
             group: None,
             paused: Vec::new(),
             stale_root_actions: 0,
+            reallocations: 0,
         }
     }
 
@@ -157,6 +162,11 @@ impl Sim {
         sim.group = Some(GroupModel::new(spec));
         sim.schedule(Time::ZERO, Event::Group(GroupEvent::Heartbeat));
         sim
+    }
+
+    /// Clients the root moved so far (cache-aware reallocation).
+    pub fn reallocations(&self) -> u64 {
+        self.reallocations
     }
 
     /// Root actions taken by a candidate that did not lead at the time (must be 0).
@@ -524,6 +534,7 @@ impl Sim {
                 key_tag: m.key_tag,
             }),
             // Tree events are for logs; the simulator measures through counters.
+            Output::Event(TreeEvent::Reallocated { .. }) => self.reallocations += 1,
             Output::Event(_) => {}
             Output::Propose { reign, seq, change } => {
                 if let Some(group) = &self.group {

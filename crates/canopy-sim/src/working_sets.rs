@@ -61,12 +61,22 @@ pub struct WorkloadParams {
     pub upward_filters: bool,
     #[arg(long, value_enum, default_value = "spread")]
     pub allocation: Allocation,
+    /// The root moves clients next to the other writers of their keys, from the traffic
+    /// it sees (cache-aware reallocation).
+    #[arg(long)]
+    pub reallocate: bool,
+    /// Seconds of the same workload before counting starts (reallocation acts meanwhile).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_s: f64,
 }
 
 impl WorkloadParams {
     pub fn validate(&self) -> Result<(), String> {
         if self.clients == 0 || self.writes == 0 {
             return Err("--clients and --writes must be at least 1".into());
+        }
+        if !(self.warmup_s.is_finite() && (0.0..=3600.0).contains(&self.warmup_s)) {
+            return Err("--warmup-s must be between 0 and 3600".into());
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err("--rate must be a positive number of writes per second".into());
@@ -104,6 +114,8 @@ pub struct WorkloadResult {
     pub deliveries: DeliveryCounts,
     pub tree_depth: usize,
     pub sim_seconds: f64,
+    /// Clients the root moved (reallocation), over the whole run.
+    pub moves: u64,
 }
 
 pub fn config(params: &WorkloadParams) -> TreeConfig {
@@ -111,6 +123,7 @@ pub fn config(params: &WorkloadParams) -> TreeConfig {
         max_child_routers: params.max_child_routers,
         max_clients: params.max_clients,
         upward_filters: params.upward_filters,
+        reallocate: params.reallocate,
         ..TreeConfig::default()
     }
 }
@@ -167,26 +180,34 @@ pub fn run(
             sim.input_at(worker, Input::Subscribe(tag), sim.now());
         }
     }
-    // Interest travels up in batched heartbeats: let it settle before counting.
-    let counting_from = sim.now() + sim.config().heartbeat_interval * 3;
-    run_in_steps(&mut sim, counting_from, "subscribing", progress);
-    sim.reset_counters();
-    sim.take_deliveries();
-
+    // Interest travels up in batched heartbeats: let it settle before writing.
+    let writing_from = sim.now() + sim.config().heartbeat_interval * 3;
+    run_in_steps(&mut sim, writing_from, "subscribing", progress);
+    let warmup = Duration::from_secs_f64(params.warmup_s);
+    let warmup_writes = (params.rate * params.warmup_s).round() as usize;
     let writes = schedule_writes(
         &workload,
         &sets,
-        params.writes,
+        warmup_writes + params.writes,
         params.rate,
-        counting_from,
+        writing_from,
         &mut rng,
     );
+    // Counting starts just before the first counted write (the Poisson arrivals of the
+    // warm-up need not end exactly on time).
+    let counting_from = writes
+        .get(warmup_writes)
+        .map_or(writing_from + warmup, |w| {
+            w.at.saturating_sub(Duration::from_micros(100))
+        });
     let mut seqs: HashMap<NodeId, u64> = HashMap::new();
     for (i, write) in writes.iter().enumerate() {
         let origin = workers[write.worker];
         let seq = seqs.entry(origin).or_insert(0);
         *seq += 1;
-        tally.expect(origin, *seq, write.set);
+        if i >= warmup_writes {
+            tally.expect(origin, *seq, write.set);
+        }
         let payload = Bytes::from(format!("write {i}"));
         let publish = Input::Publish {
             key_tag: write.tag,
@@ -194,6 +215,12 @@ pub fn run(
         };
         sim.input_at(origin, publish, write.at);
     }
+    if warmup_writes > 0 {
+        run_in_steps(&mut sim, counting_from, "warming up", progress);
+        sim.run_until(counting_from);
+    }
+    sim.reset_counters();
+    sim.take_deliveries();
     let last = writes.last().map_or(counting_from, |w| w.at);
     let end = last + Duration::from_millis(500);
     while sim.now() < end {
@@ -216,6 +243,7 @@ pub fn run(
         deliveries: tally.counts(),
         tree_depth: shape.depth,
         sim_seconds: sim.now().as_secs_f64(),
+        moves: sim.reallocations(),
     })
 }
 

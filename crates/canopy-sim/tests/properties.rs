@@ -33,6 +33,7 @@ fn fast_config(max_child_routers: usize, max_clients: usize) -> TreeConfig {
         imbalance_bound: 2,
         filter_fp_rate: 0.01,
         upward_filters: true,
+        reallocate: false,
         limits: Default::default(),
     }
 }

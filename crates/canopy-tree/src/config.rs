@@ -39,6 +39,9 @@ pub struct TreeConfig {
     /// router sends a multicast up only when someone outside its subtree wants the key.
     /// Off, every multicast climbs to the root (the seed design).
     pub upward_filters: bool,
+    /// Cache-aware reallocation: the root moves clients towards the routers of the other
+    /// writers of their keys (see `node::reallocate`), and stops culling for balance.
+    pub reallocate: bool,
     /// Bounds on what one peer can make this node accept or hold.
     pub limits: TreeLimits,
 }
@@ -99,6 +102,7 @@ impl Default for TreeConfig {
             imbalance_bound: 2,
             filter_fp_rate: 0.001,
             upward_filters: true,
+            reallocate: false,
             limits: TreeLimits::default(),
         }
     }

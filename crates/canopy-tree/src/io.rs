@@ -169,6 +169,12 @@ pub enum TreeEvent {
     },
     /// A cull was sent (to a child router) or carried out (on own clients).
     Culled { count: u64 },
+    /// The root moved a client to a router where its keys cost the tree less.
+    Reallocated {
+        client: NodeId,
+        from: NodeId,
+        to: NodeId,
+    },
     /// A publish could not go up because the node has no parent right now.
     PublishedWhileDetached,
     /// This candidate started serving as root, at this topology epoch; `reassigned` children

@@ -91,6 +91,7 @@ pub fn fast_tree_config() -> TreeConfig {
         imbalance_bound: 2,
         filter_fp_rate: 0.001,
         upward_filters: true,
+        reallocate: false,
         limits: Default::default(),
     }
 }

@@ -47,6 +47,8 @@ pub fn figure(
             },
             upward_filters: false,
             allocation: Allocation::Spread,
+            reallocate: false,
+            warmup_s: 0.0,
         };
         let result = working_sets::run(&params, progress)?;
         points.push(RoutersPoint { routers, result });

@@ -46,6 +46,8 @@ pub fn figure(
             topology,
             upward_filters: false,
             allocation: Allocation::Spread,
+            reallocate: false,
+            warmup_s: 0.0,
         };
         points.push(ShardedPoint {
             clients,

@@ -42,6 +42,8 @@ pub fn seed_tree(workload: Workload, seed: u64, quick: bool) -> WorkloadParams {
         topology: Topology::Tree,
         upward_filters: false,
         allocation: Allocation::Spread,
+        reallocate: false,
+        warmup_s: 0.0,
     }
 }
 

@@ -9,9 +9,9 @@ use canopy_proto::Body;
 use rand::Rng;
 
 use super::placement::Claimed;
-use super::{JoinState, Node, ParentLink};
+use super::{Handoff, JoinState, Node, ParentLink};
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
-use crate::{KeyTag, NodeId, Time};
+use crate::{KeyTag, NodeId, Role, Time};
 
 impl Node {
     /// Starts (or restarts) asking the root for a parent.
@@ -192,12 +192,11 @@ impl Node {
         self.best_assignment = assign.assignment_id;
         let previous = self.parent.take();
         if let Some(old) = previous.as_ref().filter(|p| p.id != from) {
-            let goodbye = Disconnect {
-                sender_id: self.id,
-                reason: Reason::Leaving as i32,
-                rejoin: false,
-            };
-            self.send(old.id, Body::Disconnect(goodbye), out);
+            if self.role == Role::Client {
+                self.begin_handoff(old.id, now, out);
+            } else {
+                self.say_goodbye(old.id, out);
+            }
         }
         self.parent = Some(ParentLink {
             id: from,
@@ -250,6 +249,67 @@ impl Node {
         }));
     }
 
+    fn say_goodbye(&self, to: NodeId, out: &mut Vec<Output>) {
+        let goodbye = Disconnect {
+            sender_id: self.id,
+            reason: Reason::Leaving as i32,
+            rejoin: false,
+        };
+        self.send(to, Body::Disconnect(goodbye), out);
+    }
+
+    /// Keeps `old_parent` for the handoff grace (see `Handoff`).
+    fn begin_handoff(&mut self, old_parent: NodeId, now: Time, out: &mut Vec<Output>) {
+        if let Some(earlier) = self.handoff.take().filter(|h| !h.said_goodbye) {
+            if earlier.old_parent != old_parent {
+                self.say_goodbye(earlier.old_parent, out);
+            }
+        }
+        let grace = self.handoff_grace();
+        self.handoff = Some(Handoff {
+            old_parent,
+            leave_at: now + grace,
+            said_goodbye: false,
+            forget_at: now + grace * 2,
+            seen: std::collections::HashSet::new(),
+        });
+    }
+
+    pub(super) fn handoff_on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
+        let Some(handoff) = self.handoff.as_mut() else {
+            return;
+        };
+        if !handoff.said_goodbye && now >= handoff.leave_at {
+            handoff.said_goodbye = true;
+            let old = handoff.old_parent;
+            self.say_goodbye(old, out);
+        }
+        if self.handoff.as_ref().is_some_and(|h| now >= h.forget_at) {
+            self.handoff = None;
+        }
+    }
+
+    /// Whether `from` is the parent this client is leaving, and still listens to.
+    pub(super) fn is_leaving_parent(&self, from: NodeId) -> bool {
+        self.handoff
+            .as_ref()
+            .is_some_and(|h| h.old_parent == from && !h.said_goodbye)
+    }
+
+    /// During a handoff, whether this multicast was delivered already (and remembers it).
+    pub(super) fn seen_during_handoff(&mut self, origin: NodeId, origin_seq: u64) -> bool {
+        let Some(handoff) = self.handoff.as_mut() else {
+            return false;
+        };
+        if handoff.seen.contains(&(origin, origin_seq)) {
+            return true;
+        }
+        if handoff.seen.len() < super::HANDOFF_MAX_SEEN {
+            handoff.seen.insert((origin, origin_seq));
+        }
+        false
+    }
+
     /// Follows the root named from above, so removal reports go to the current root.
     pub(super) fn observe_root(&mut self, root: NodeId) {
         if let Some(index) = self.roots.iter().position(|r| r.id == root) {
@@ -283,6 +343,9 @@ impl Node {
         if self.parent() == Some(from) {
             self.observe_epoch(hb.topology_epoch, out);
             self.observe_root(hb.root_id);
+            return;
+        }
+        if self.is_leaving_parent(from) {
             return;
         }
         let Some(link) = self.children.get_mut(&from) else {
@@ -421,6 +484,10 @@ impl Node {
     ) {
         if self.parent() == Some(from) {
             self.orphan(now, out);
+        } else if self.is_leaving_parent(from) {
+            if let Some(h) = self.handoff.as_mut() {
+                h.said_goodbye = true;
+            }
         } else if self.children.contains_key(&from) {
             let reason = if disconnect.reason == Reason::Culled as i32 {
                 RemovalReason::Culled

@@ -6,6 +6,7 @@ mod leadership;
 mod membership;
 mod outside;
 mod placement;
+mod reallocate;
 
 pub use placement::{placement_grant, placement_grant_at_epoch};
 mod root;
@@ -55,6 +56,26 @@ struct ParentLink {
     last_heard: Time,
 }
 
+/// A client the root moved keeps its old parent beside the new one for a while, so that
+/// nothing sent its way is lost while its interest travels through the new parent (make
+/// before break). Copies that come both ways are delivered once.
+#[derive(Debug, Clone)]
+struct Handoff {
+    old_parent: NodeId,
+    /// When the client says goodbye to the old parent.
+    leave_at: Time,
+    said_goodbye: bool,
+    /// When copies stop being checked against `seen` (late copies of the last multicasts
+    /// may still be on their way along the other path).
+    forget_at: Time,
+    /// (origin, origin sequence) of what was delivered during the handoff.
+    seen: std::collections::HashSet<(NodeId, u64)>,
+}
+
+/// Most multicasts a handoff remembers; past it, a copy arriving both ways may be delivered
+/// twice (the application's records carry sequence numbers and tolerate that).
+const HANDOFF_MAX_SEEN: usize = 1 << 16;
+
 #[derive(Debug, Clone)]
 struct JoinState {
     attempt: u32,
@@ -95,6 +116,7 @@ pub struct Node {
     started: bool,
     left: bool,
     parent: Option<ParentLink>,
+    handoff: Option<Handoff>,
     joining: Option<JoinState>,
     /// Highest assignment id obeyed: older `AssignParent`s are ignored.
     best_assignment: u64,
@@ -147,6 +169,7 @@ impl Node {
             started: false,
             left: false,
             parent: None,
+            handoff: None,
             joining: None,
             best_assignment: 0,
             epoch: 0,
@@ -313,6 +336,7 @@ impl Node {
                 }
             }
         }
+        self.handoff_on_tick(now, out);
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.config.heartbeat_interval;
             self.check_parent_timeout(now, out);
@@ -352,8 +376,18 @@ impl Node {
         if let Some(at) = self.interest_flush_at {
             next = next.min(at);
         }
+        if let Some(h) = &self.handoff {
+            next = next.min(if h.said_goodbye {
+                h.forget_at
+            } else {
+                h.leave_at
+            });
+        }
         if let Some(root) = &self.root {
             next = next.min(root.next_rebalance).min(root.next_child_heartbeat);
+            if let Some(at) = root.next_deferred_release() {
+                next = next.min(at);
+            }
             if let (Some(since), Some(reign)) = (root.oldest_uncommitted(), &self.reign) {
                 next = next.min(since + reign.commit_timeout());
             }
@@ -376,6 +410,17 @@ impl Node {
             to,
             msg: ControlMessage::new(body),
         });
+    }
+
+    /// A random tie-breaker for a placement.
+    fn rng_salt(&mut self) -> u64 {
+        self.rng.random::<u64>()
+    }
+
+    /// How long a moved client keeps its old parent beside the new one: long enough for its
+    /// interest to reach the rest of the tree through the new one.
+    fn handoff_grace(&self) -> Time {
+        self.config.heartbeat_interval * 2
     }
 
     fn is_root_candidate(&self, id: NodeId) -> bool {

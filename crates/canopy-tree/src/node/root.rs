@@ -18,6 +18,16 @@ use super::Node;
 use crate::io::{DropReason, Output, RemovalReason, TreeEvent};
 use crate::{NodeId, Role, Time, TreeConfig, TreeView, ViewChange};
 
+/// Where the root puts a node.
+pub(super) struct Placement {
+    pub(super) node: NodeId,
+    pub(super) role: Role,
+    pub(super) region: String,
+    pub(super) address: String,
+    pub(super) parent: NodeId,
+    pub(super) salt: u64,
+}
+
 /// What a root does once the decisions before it are committed.
 #[derive(Debug, Clone)]
 pub(super) enum HeldAction {
@@ -72,6 +82,10 @@ pub(super) struct RootState {
     /// is only impatient (in a join storm the commit can take longer than its timeout):
     /// placing it anew would cost another entry and another dial, and feed the storm.
     placing: HashSet<NodeId>,
+    /// Releases of moved clients' former parents, each due at its time.
+    deferred_releases: VecDeque<(Time, HeldAction)>,
+    /// Who writes what across the root, for cache-aware reallocation.
+    pub(super) affinity: super::reallocate::Affinity,
 }
 
 /// The lowest assignment id a reign at topology `epoch` hands out: `epoch << 32`. Every
@@ -105,6 +119,8 @@ impl RootState {
             uncommitted_since: None,
             held: VecDeque::new(),
             placing: HashSet::new(),
+            deferred_releases: VecDeque::new(),
+            affinity: super::reallocate::Affinity::default(),
         }
     }
 
@@ -118,6 +134,11 @@ impl RootState {
     /// Since when a proposal has waited for its commit, if one is waiting.
     pub(super) fn oldest_uncommitted(&self) -> Option<Time> {
         self.uncommitted_since
+    }
+
+    /// When the next deferred release is due.
+    pub(super) fn next_deferred_release(&self) -> Option<Time> {
+        self.deferred_releases.front().map(|&(at, _)| at)
     }
 
     /// How many actions wait for a commit.
@@ -172,6 +193,39 @@ impl Node {
             Role::Client => root.view.place_client(from, &request.region, exclude),
             _ => root.view.place_router(from, exclude),
         };
+        let placement = Placement {
+            node: from,
+            role,
+            region: request.region,
+            address: request.address,
+            parent,
+            salt,
+        };
+        self.root_place(placement, previous_parent, None, now, out);
+    }
+
+    /// Decides that `placement.node` goes under `placement.parent` and, once committed,
+    /// has the parent adopt it. A former parent elsewhere lets go: once the decision is
+    /// committed, or not before `release_at` if given.
+    pub(super) fn root_place(
+        &mut self,
+        placement: Placement,
+        previous_parent: Option<NodeId>,
+        release_at: Option<Time>,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let Placement {
+            node: from,
+            role,
+            region,
+            address,
+            parent,
+            salt,
+        } = placement;
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
         let assignment_id = root.take_assignment_id();
         let parent_address = if parent == self.id {
             self.address.clone()
@@ -184,8 +238,8 @@ impl Node {
         let change = ViewChange::Assign {
             node: from,
             role,
-            region: request.region.clone(),
-            address: request.address.clone(),
+            region: region.clone(),
+            address: address.clone(),
             parent,
             assignment_id,
             salt,
@@ -201,7 +255,7 @@ impl Node {
             HeldAction::Adopt {
                 child: from,
                 role,
-                address: request.address,
+                address,
                 assignment_id,
                 grant,
             }
@@ -209,8 +263,8 @@ impl Node {
             let adopt = AdoptChild {
                 child_id: from,
                 role: role.to_proto() as i32,
-                region: request.region,
-                address: request.address,
+                region,
+                address,
                 assignment_id,
                 grant: Some(grant),
             };
@@ -235,7 +289,16 @@ impl Node {
                     body: Body::ReleaseChild(release),
                 }
             };
-            self.root_after_commit(action, now, out);
+            match release_at {
+                // A moved client keeps its old parent a while (see `Handoff`): the release
+                // waits until it has let go itself.
+                Some(at) => {
+                    if let Some(root) = self.root.as_mut() {
+                        root.deferred_releases.push_back((at, action));
+                    }
+                }
+                None => self.root_after_commit(action, now, out),
+            }
         }
     }
 
@@ -385,6 +448,16 @@ impl Node {
             root.next_child_heartbeat = now + self.config.root_heartbeat_interval;
             self.send_child_heartbeats(out);
         }
+        while let Some(root) = self.root.as_mut() {
+            match root.deferred_releases.front() {
+                Some(&(at, _)) if at <= now => {
+                    if let Some((_, action)) = root.deferred_releases.pop_front() {
+                        self.root_after_commit(action, now, out);
+                    }
+                }
+                _ => break,
+            }
+        }
         let Some(root) = self.root.as_mut() else {
             return;
         };
@@ -396,7 +469,10 @@ impl Node {
         for node in gone {
             self.root_decide(ViewChange::Remove { node, at: now }, now, out);
         }
-        self.rebalance(now, out);
+        if !self.config.reallocate {
+            self.rebalance(now, out);
+        }
+        self.reallocate(now, out);
     }
 
     /// Moves clients off the root once routers exist, and culls routers whose direct client

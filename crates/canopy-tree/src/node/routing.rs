@@ -34,7 +34,7 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let from_child = self.children.get(&from).is_some_and(|c| c.attached);
-        if self.parent() != Some(from) && !from_child {
+        if self.parent() != Some(from) && !from_child && !self.is_leaving_parent(from) {
             self.dropped(from, "multicast", DropReason::NotANeighbour, out);
             return;
         }
@@ -43,7 +43,19 @@ impl Node {
             self.dropped(from, "multicast", DropReason::Malformed, out);
             return;
         }
-        let deliver = self.wants_delivery(multicast.key_tag);
+        if self.root.is_some() {
+            self.root_observe(multicast.origin, multicast.key_tag);
+        }
+        let deliver = self.wants_delivery(multicast.key_tag)
+            && !self.seen_during_handoff(multicast.origin, multicast.origin_seq);
+        // What the parent being left sends is for this client only: the tree carries it on
+        // along the links it came by.
+        if self.is_leaving_parent(from) {
+            if deliver {
+                out.push(Output::Deliver(multicast));
+            }
+            return;
+        }
         if deliver {
             out.push(Output::Deliver(multicast.clone()));
         }

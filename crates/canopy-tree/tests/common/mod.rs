@@ -48,6 +48,7 @@ pub fn config() -> TreeConfig {
         imbalance_bound: 2,
         filter_fp_rate: 0.0001,
         upward_filters: true,
+        reallocate: false,
         limits: Default::default(),
     };
     config.validate().expect("test config is valid");
