@@ -32,6 +32,10 @@ pub enum FigureName {
     Filters,
     /// Fig. 8: IR_r, IR_0 and IR_1 per W(S×K) workload, static worker allocation.
     Workloads,
+    /// Fig. 9: the same with cache-aware reallocation.
+    Reallocation,
+    /// Root and total congestion of the seed's tree, upward filters, reallocation and both.
+    Schemes,
 }
 
 impl FigureName {
@@ -44,6 +48,8 @@ impl FigureName {
             FigureName::Sharded => "sharded",
             FigureName::Filters => "filters",
             FigureName::Workloads => "workloads",
+            FigureName::Reallocation => "reallocation",
+            FigureName::Schemes => "schemes",
         }
     }
 }
@@ -106,12 +112,13 @@ pub fn draw(
         FigureName::Sharded => sharded::figure(options, &svg, progress)?,
         FigureName::Filters => filters::figure(options, &svg)?,
         FigureName::Workloads => workloads::figure(options, &svg, progress)?,
+        FigureName::Reallocation => workloads::reallocation(options, &svg, progress)?,
+        FigureName::Schemes => workloads::schemes(options, &svg, progress)?,
     };
     let json = dir.join(format!("{stem}.json"));
-    write(
-        &json,
-        &serde_json::to_string_pretty(&figure.data).unwrap_or_default(),
-    )?;
+    let text = serde_json::to_string_pretty(&figure.data)
+        .map_err(|e| format!("encoding {}: {e}", json.display()))?;
+    write(&json, &text)?;
     let md = dir.join(format!("{stem}.md"));
     write(&md, &figure.markdown)?;
     Ok((figure, vec![svg, json, md]))
@@ -121,7 +128,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// Mean of `f` over `seeds` runs.
+/// The mean of `values` (0 for none).
 pub(crate) fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         return 0.0;

@@ -115,6 +115,14 @@ pub struct BarChart<'a> {
 
 impl BarChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
+        write_stacked(std::slice::from_ref(self), path)
+    }
+
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
         let groups = self.categories.len().max(1);
         let bars = self.series.len().max(1);
@@ -124,9 +132,7 @@ impl BarChart<'_> {
             .flat_map(|(_, v)| v.iter().copied())
             .fold(1.0f64, f64::max)
             * 1.15;
-        let area = SVGBackend::new(path, (900, 560)).into_drawing_area();
-        area.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&area)
+        let mut chart = ChartBuilder::on(area)
             .caption(self.title, ("sans-serif", 22))
             .margin(20)
             .x_label_area_size(50)
@@ -172,6 +178,21 @@ impl BarChart<'_> {
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(|e| err(&e))?;
-        area.present().map_err(|e| err(&e))
+        Ok(())
     }
+}
+
+/// Bar charts one above the other in one SVG.
+pub fn write_stacked(charts: &[BarChart<'_>], path: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let height = 560 * charts.len().max(1) as u32;
+    let area = SVGBackend::new(path, (900, height)).into_drawing_area();
+    area.fill(&WHITE).map_err(|e| err(&e))?;
+    for (chart, panel) in charts
+        .iter()
+        .zip(area.split_evenly((charts.len().max(1), 1)))
+    {
+        chart.draw(&panel, path)?;
+    }
+    area.present().map_err(|e| err(&e))
 }

@@ -260,10 +260,15 @@ impl Node {
 
     /// Keeps `old_parent` for the handoff grace (see `Handoff`).
     fn begin_handoff(&mut self, old_parent: NodeId, now: Time, out: &mut Vec<Output>) {
-        if let Some(earlier) = self.handoff.take().filter(|h| !h.said_goodbye) {
-            if earlier.old_parent != old_parent {
+        // Copies still in flight towards the old parent may reach the new one too: what was
+        // delivered just before counts as seen.
+        let mut seen: std::collections::HashSet<(NodeId, u64)> =
+            self.recent_deliveries.iter().copied().collect();
+        if let Some(earlier) = self.handoff.take() {
+            if !earlier.said_goodbye && earlier.old_parent != old_parent {
                 self.say_goodbye(earlier.old_parent, out);
             }
+            seen.extend(earlier.seen);
         }
         let grace = self.handoff_grace();
         self.handoff = Some(Handoff {
@@ -271,7 +276,7 @@ impl Node {
             leave_at: now + grace,
             said_goodbye: false,
             forget_at: now + grace * 2,
-            seen: std::collections::HashSet::new(),
+            seen,
         });
     }
 
@@ -296,16 +301,22 @@ impl Node {
             .is_some_and(|h| h.old_parent == from && !h.said_goodbye)
     }
 
-    /// During a handoff, whether this multicast was delivered already (and remembers it).
-    pub(super) fn seen_during_handoff(&mut self, origin: NodeId, origin_seq: u64) -> bool {
-        let Some(handoff) = self.handoff.as_mut() else {
-            return false;
-        };
-        if handoff.seen.contains(&(origin, origin_seq)) {
-            return true;
+    /// Whether this multicast was delivered already during a handoff; remembers it (a
+    /// client that may be moved also keeps the last few it delivered, for the next handoff).
+    pub(super) fn delivered_already(&mut self, origin: NodeId, origin_seq: u64) -> bool {
+        if let Some(handoff) = self.handoff.as_mut() {
+            if handoff.seen.contains(&(origin, origin_seq)) {
+                return true;
+            }
+            if handoff.seen.len() < super::HANDOFF_MAX_SEEN {
+                handoff.seen.insert((origin, origin_seq));
+            }
         }
-        if handoff.seen.len() < super::HANDOFF_MAX_SEEN {
-            handoff.seen.insert((origin, origin_seq));
+        if self.config.reallocate && self.role == Role::Client {
+            if self.recent_deliveries.len() >= super::RECENT_DELIVERIES {
+                self.recent_deliveries.pop_front();
+            }
+            self.recent_deliveries.push_back((origin, origin_seq));
         }
         false
     }

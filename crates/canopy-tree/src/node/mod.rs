@@ -75,6 +75,8 @@ struct Handoff {
 /// Most multicasts a handoff remembers; past it, a copy arriving both ways may be delivered
 /// twice (the application's records carry sequence numbers and tolerate that).
 const HANDOFF_MAX_SEEN: usize = 1 << 16;
+/// Deliveries a client that may be moved remembers, to seed its next handoff's `seen`.
+const RECENT_DELIVERIES: usize = 256;
 
 #[derive(Debug, Clone)]
 struct JoinState {
@@ -117,6 +119,7 @@ pub struct Node {
     left: bool,
     parent: Option<ParentLink>,
     handoff: Option<Handoff>,
+    recent_deliveries: std::collections::VecDeque<(NodeId, u64)>,
     joining: Option<JoinState>,
     /// Highest assignment id obeyed: older `AssignParent`s are ignored.
     best_assignment: u64,
@@ -170,6 +173,7 @@ impl Node {
             left: false,
             parent: None,
             handoff: None,
+            recent_deliveries: std::collections::VecDeque::new(),
             joining: None,
             best_assignment: 0,
             epoch: 0,

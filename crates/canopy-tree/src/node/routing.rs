@@ -47,7 +47,7 @@ impl Node {
             self.root_observe(multicast.origin, multicast.key_tag);
         }
         let deliver = self.wants_delivery(multicast.key_tag)
-            && !self.seen_during_handoff(multicast.origin, multicast.origin_seq);
+            && !self.delivered_already(multicast.origin, multicast.origin_seq);
         // What the parent being left sends is for this client only: the tree carries it on
         // along the links it came by.
         if self.is_leaving_parent(from) {
