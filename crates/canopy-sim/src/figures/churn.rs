@@ -13,7 +13,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::plot::{LineChart, Series};
+use super::plot::{write_stacked_lines, LineChart, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::Progress;
 use crate::{LatencyModel, Sim};
@@ -197,32 +197,44 @@ fn runs(options: &FigureOptions, progress: &mut dyn FnMut(Progress)) -> Vec<Chur
         .collect()
 }
 
+/// The metric over time above, the node count below (their scales differ tenfold).
 fn chart(
     runs: &[ChurnRun],
     title: &str,
-    y_label: &str,
     svg: &Path,
     metric: (&str, fn(&ChurnSample) -> f64),
     count: (&str, fn(&ChurnSample) -> f64),
 ) -> Result<(), String> {
-    let mut series = Vec::new();
-    for run in runs {
-        for (name, f) in [metric, count] {
-            series.push(Series {
+    let lines = |(name, f): (&str, fn(&ChurnSample) -> f64)| {
+        runs.iter()
+            .map(|run| Series {
                 label: format!("{name}, {} joins", run.joins),
                 points: run.samples.iter().map(|s| (s.seconds, f(s))).collect(),
-            });
-        }
-    }
-    LineChart {
-        title,
-        x_label: "seconds (joins 1–60 s, drop-outs 90–150 s)",
-        y_label,
-        log_x: false,
-        log_y: false,
-        series,
-    }
-    .write(svg)
+            })
+            .collect::<Vec<_>>()
+    };
+    let x_label = "seconds (joins 1–60 s, drop-outs 90–150 s)";
+    write_stacked_lines(
+        &[
+            LineChart {
+                title,
+                x_label,
+                y_label: metric.0,
+                log_x: false,
+                log_y: false,
+                series: lines(metric),
+            },
+            LineChart {
+                title: "",
+                x_label,
+                y_label: count.0,
+                log_x: false,
+                log_y: false,
+                series: lines(count),
+            },
+        ],
+        svg,
+    )
 }
 
 fn table(
@@ -264,8 +276,7 @@ pub fn imbalance(
     let runs = runs(options, progress);
     chart(
         &runs,
-        "Largest sibling-subtree imbalance and nodes in the tree",
-        "clients / nodes",
+        "Largest sibling-subtree imbalance (clients), and nodes in the tree",
         svg,
         ("max imbalance", |s| s.max_imbalance as f64),
         ("nodes", |s| s.nodes as f64),
@@ -287,8 +298,7 @@ pub fn depth(
     let runs = runs(options, progress);
     chart(
         &runs,
-        "Mean client distance from the root, and clients in the tree",
-        "hops / clients",
+        "Mean client distance from the root (hops), and clients in the tree",
         svg,
         ("mean client depth", |s| s.mean_client_depth),
         ("clients", |s| s.clients as f64),

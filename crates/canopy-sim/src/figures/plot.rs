@@ -47,13 +47,19 @@ fn bounds(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
 
 impl LineChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
+        write_stacked_lines(std::slice::from_ref(self), path)
+    }
+
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
         let all = || self.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = bounds(all().map(|p| p.0), self.log_x);
         let (y0, y1) = bounds(all().map(|p| p.1), self.log_y);
-        let area = SVGBackend::new(path, (900, 560)).into_drawing_area();
-        area.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut builder = ChartBuilder::on(&area);
+        let mut builder = ChartBuilder::on(area);
         builder
             .caption(self.title, ("sans-serif", 22))
             .margin(20)
@@ -100,8 +106,23 @@ impl LineChart<'_> {
                 draw!(builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()))
             }
         }
-        area.present().map_err(|e| err(&e))
+        Ok(())
     }
+}
+
+/// Line charts one above the other in one SVG.
+pub fn write_stacked_lines(charts: &[LineChart<'_>], path: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let height = 480 * charts.len().max(1) as u32;
+    let area = SVGBackend::new(path, (900, height)).into_drawing_area();
+    area.fill(&WHITE).map_err(|e| err(&e))?;
+    for (chart, panel) in charts
+        .iter()
+        .zip(area.split_evenly((charts.len().max(1), 1)))
+    {
+        chart.draw(&panel, path)?;
+    }
+    area.present().map_err(|e| err(&e))
 }
 
 /// Groups of bars: one group per category, one bar per series in each group.
