@@ -33,9 +33,10 @@ fn variant_index(body: &Body) -> usize {
         Body::ReleaseChild(_) => 15,
         Body::Revocations(_) => 16,
         Body::LinkRefresh(_) => 17,
+        Body::OutsideInterest(_) => 18,
     }
 }
-const VARIANT_COUNT: usize = 18;
+const VARIANT_COUNT: usize = 19;
 
 /// One message of every type, with every field set to a non-default value.
 fn every_variant() -> Vec<ControlMessage> {
@@ -156,6 +157,16 @@ fn every_variant() -> Vec<ControlMessage> {
         }),
         Body::LinkRefresh(canopy_proto::v1::LinkRefresh {
             certificate_sha256: Bytes::from_static(&[7; 32]),
+        }),
+        Body::OutsideInterest(canopy_proto::v1::OutsideInterest {
+            snapshot: vec![3, u64::MAX],
+            first: true,
+            more: true,
+            delta: Some(InterestDelta {
+                add: vec![5],
+                remove: vec![6],
+            }),
+            everything: true,
         }),
     ];
     bodies.into_iter().map(ControlMessage::new).collect()
