@@ -2,7 +2,7 @@
 
 use canopy_proto::v1::InterestDelta;
 
-use super::{FilterKey, InterestFilter, InterestTable, TagSet};
+use super::{FilterKey, Holder, InterestFilter, InterestTable, TagSet};
 use crate::{KeyTag, NodeId};
 
 /// What a parent knows of one child link's interest: the exact set (to withdraw it when
@@ -44,13 +44,13 @@ impl LinkInterest {
         for &tag in &delta.remove {
             if self.tags.remove(&tag) {
                 self.filter.remove(tag);
-                table.decrement(tag, self.child);
+                table.decrement(tag, Holder::Child(self.child));
             }
         }
         for &tag in &delta.add {
             if self.tags.insert(tag) {
                 self.filter.insert(tag);
-                table.increment(tag, self.child);
+                table.increment(tag, Holder::Child(self.child));
             }
         }
     }
@@ -62,7 +62,7 @@ impl LinkInterest {
         for &tag in tags {
             if self.tags.insert(tag) {
                 self.filter.insert(tag);
-                table.increment(tag, self.child);
+                table.increment(tag, Holder::Child(self.child));
             }
         }
     }
@@ -70,7 +70,7 @@ impl LinkInterest {
     /// Withdraws the whole set from the aggregate (the link ended).
     pub(crate) fn clear(&mut self, table: &mut InterestTable) {
         for tag in self.tags.drain() {
-            table.decrement(tag, self.child);
+            table.decrement(tag, Holder::Child(self.child));
         }
     }
 }

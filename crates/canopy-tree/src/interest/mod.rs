@@ -23,7 +23,7 @@ use canopy_proto::v1::InterestDelta;
 pub use filter::{FilterKey, InterestFilter};
 pub(crate) use link::LinkInterest;
 pub use link::{link_memory, LinkMemory};
-pub(crate) use outside::{AboveChange, Holding, OWN};
+pub(crate) use outside::{AboveChange, Holding};
 
 use crate::{KeyTag, NodeId};
 
@@ -36,12 +36,21 @@ pub(crate) type FixedState = BuildHasherDefault<std::collections::hash_map::Defa
 pub(crate) type TagSet = HashSet<KeyTag, RandomState>;
 type TagCounts = HashMap<KeyTag, TagCount, RandomState>;
 
-/// Who wants a tag: how many holders (child links and the node itself), and the XOR of
-/// their ids, which names the holder whenever there is exactly one.
+/// Who wants a tag: how many holders (child links and the node itself), whether the node
+/// itself is one, and the XOR of the child links' ids, which names the child whenever it is
+/// the only holder. (No id stands for the node itself: any id could be a child's.)
 #[derive(Debug, Clone, Copy, Default)]
 struct TagCount {
     holders: u32,
-    ids: NodeId,
+    own: bool,
+    child_ids: NodeId,
+}
+
+/// Who starts or stops wanting a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    Own,
+    Child(NodeId),
 }
 
 /// A node's aggregate interest: its own subscriptions plus its children's, with counts and
@@ -91,7 +100,7 @@ impl InterestTable {
         if !self.own.insert(tag) {
             return false;
         }
-        self.increment(tag, OWN);
+        self.increment(tag, Holder::Own);
         true
     }
 
@@ -100,23 +109,26 @@ impl InterestTable {
         if !self.own.remove(&tag) {
             return false;
         }
-        self.decrement(tag, OWN);
+        self.decrement(tag, Holder::Own);
         true
     }
 
-    /// One more holder (`holder`: a child link's id, or [`OWN`]) wants `tag`.
-    pub(crate) fn increment(&mut self, tag: KeyTag, holder: NodeId) {
+    /// One more holder wants `tag`.
+    pub(crate) fn increment(&mut self, tag: KeyTag, holder: Holder) {
         self.capture(tag);
         let count = self.counts.entry(tag).or_default();
         count.holders += 1;
-        count.ids ^= holder;
+        match holder {
+            Holder::Own => count.own = true,
+            Holder::Child(id) => count.child_ids ^= id,
+        }
         if count.holders == 1 && !self.pending_remove.remove(&tag) {
             self.pending_add.insert(tag);
         }
     }
 
     /// `holder` no longer wants `tag`.
-    pub(crate) fn decrement(&mut self, tag: KeyTag, holder: NodeId) {
+    pub(crate) fn decrement(&mut self, tag: KeyTag, holder: Holder) {
         if !self.counts.contains_key(&tag) {
             return;
         }
@@ -125,7 +137,10 @@ impl InterestTable {
             return;
         };
         count.holders -= 1;
-        count.ids ^= holder;
+        match holder {
+            Holder::Own => count.own = false,
+            Holder::Child(id) => count.child_ids ^= id,
+        }
         if count.holders == 0 {
             self.counts.remove(&tag);
             if !self.pending_add.remove(&tag) {

@@ -10,13 +10,10 @@
 
 use canopy_proto::v1::{InterestDelta, OutsideInterest};
 
+#[cfg(test)]
+use super::Holder;
 use super::{InterestTable, TagSet};
 use crate::{KeyTag, NodeId};
-
-/// The holder id of the node's own subscriptions.
-pub(crate) const OWN: NodeId = NodeId::MAX - 1;
-/// The holder id of what the parent says is wanted above.
-pub(crate) const ABOVE: NodeId = NodeId::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum AboveState {
@@ -42,17 +39,23 @@ pub(crate) struct Above {
     pending: Option<TagSet>,
 }
 
-/// How a tag was held: by nobody, by exactly one holder (named), or by two or more.
+/// How a tag was held: by nobody, by one child link alone (named), or otherwise (by the
+/// node itself, by the rest of the tree above, or by two or more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Holding {
-    holders: u8,
-    id: NodeId,
+pub(crate) enum Holding {
+    Nobody,
+    OnlyChild(NodeId),
+    Others,
 }
 
 impl Holding {
     /// Whether someone outside `child`'s subtree wants the tag.
     fn wanted_outside(self, child: NodeId) -> bool {
-        !(self.holders == 0 || (self.holders == 1 && self.id == child))
+        match self {
+            Holding::Nobody => false,
+            Holding::OnlyChild(only) => only != child,
+            Holding::Others => true,
+        }
     }
 }
 
@@ -111,14 +114,12 @@ impl InterestTable {
     }
 
     fn holding(&self, tag: KeyTag) -> Holding {
-        let (mut holders, mut id) = self.counts.get(&tag).map_or((0, 0), |c| (c.holders, c.ids));
-        if self.above.tags.contains(&tag) {
-            holders += 1;
-            id ^= ABOVE;
-        }
-        Holding {
-            holders: holders.min(2) as u8,
-            id,
+        let above = self.above.tags.contains(&tag);
+        match self.counts.get(&tag) {
+            None if !above => Holding::Nobody,
+            Some(c) if !above && !c.own && c.holders == 1 => Holding::OnlyChild(c.child_ids),
+            Some(c) if !above && c.holders == 0 => Holding::Nobody,
+            _ => Holding::Others,
         }
     }
 
@@ -217,6 +218,9 @@ impl InterestTable {
                     pending.remove(tag);
                 }
                 pending.extend(delta.add);
+                if pending.len() > max_tags {
+                    return self.above_everything();
+                }
             } else if self.above.state == AboveState::Known {
                 for tag in delta.remove {
                     if self.above.tags.contains(&tag) {
@@ -282,16 +286,16 @@ mod tests {
         let mut table = InterestTable::default();
         table.track_outside();
         table.above_is_nothing();
-        table.increment(7, 10);
+        table.increment(7, Holder::Child(10));
         assert_eq!(table.outside_of(10), Vec::<KeyTag>::new());
         assert_eq!(table.outside_of(11), vec![7]);
         table.take_outside_changes(&[10, 11]);
         // A second holder: now child 10 must send 7 up too.
-        table.increment(7, 11);
+        table.increment(7, Holder::Child(11));
         let changes = table.take_outside_changes(&[10, 11]);
         assert_eq!(changes, vec![(10, delta(&[7], &[]))]);
         // The first holder leaves: 11 is alone with it, and stops sending it up.
-        table.decrement(7, 10);
+        table.decrement(7, Holder::Child(10));
         let changes = table.take_outside_changes(&[10, 11]);
         assert_eq!(changes, vec![(11, delta(&[], &[7]))]);
     }

@@ -3,7 +3,7 @@
 
 use canopy_proto::v1::{
     disconnect::Reason, AssignParent, Disconnect, Heartbeat, InterestSnapshot, JoinRequest,
-    NotLeader, Reattach,
+    Multicast, NotLeader, Reattach,
 };
 use canopy_proto::Body;
 use rand::Rng;
@@ -191,9 +191,19 @@ impl Node {
         }
         self.best_assignment = assign.assignment_id;
         let previous = self.parent.take();
+        if self
+            .handoff
+            .as_ref()
+            .is_some_and(|h| h.old_parent == from && !h.said_goodbye)
+        {
+            // Placed back under the parent it was leaving: it stays.
+            self.handoff = None;
+        }
         if let Some(old) = previous.as_ref().filter(|p| p.id != from) {
-            if self.role == Role::Client {
-                self.begin_handoff(old.id, now, out);
+            // Where the root moves clients, a client keeps the old parent a while (see
+            // `Handoff`); otherwise a new assignment means the old link is lost anyway.
+            if self.role == Role::Client && self.config.reallocate {
+                self.begin_handoff(old.id, from, now, out);
             } else {
                 self.say_goodbye(old.id, out);
             }
@@ -259,13 +269,20 @@ impl Node {
     }
 
     /// Keeps `old_parent` for the handoff grace (see `Handoff`).
-    fn begin_handoff(&mut self, old_parent: NodeId, now: Time, out: &mut Vec<Output>) {
+    fn begin_handoff(
+        &mut self,
+        old_parent: NodeId,
+        new_parent: NodeId,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
         // Copies still in flight towards the old parent may reach the new one too: what was
         // delivered just before counts as seen.
-        let mut seen: std::collections::HashSet<(NodeId, u64)> =
+        let mut seen: std::collections::HashSet<(NodeId, u64, u64)> =
             self.recent_deliveries.iter().copied().collect();
         if let Some(earlier) = self.handoff.take() {
-            if !earlier.said_goodbye && earlier.old_parent != old_parent {
+            let still_needed = earlier.old_parent == old_parent || earlier.old_parent == new_parent;
+            if !earlier.said_goodbye && !still_needed {
                 self.say_goodbye(earlier.old_parent, out);
             }
             seen.extend(earlier.seen);
@@ -303,24 +320,48 @@ impl Node {
 
     /// Whether this multicast was delivered already during a handoff; remembers it (a
     /// client that may be moved also keeps the last few it delivered, for the next handoff).
-    pub(super) fn delivered_already(&mut self, origin: NodeId, origin_seq: u64) -> bool {
+    /// A copy is the same only with the same payload: nobody can make a moved client drop a
+    /// real multicast by sending a forged one under its origin and sequence first.
+    pub(super) fn delivered_already(&mut self, multicast: &Multicast) -> bool {
+        let tracking = self.config.reallocate && self.role == Role::Client;
+        if self.handoff.is_none() && !tracking {
+            return false;
+        }
+        let key = (
+            multicast.origin,
+            multicast.origin_seq,
+            payload_digest(&multicast.payload),
+        );
         if let Some(handoff) = self.handoff.as_mut() {
-            if handoff.seen.contains(&(origin, origin_seq)) {
+            if handoff.seen.contains(&key) {
                 return true;
             }
             if handoff.seen.len() < super::HANDOFF_MAX_SEEN {
-                handoff.seen.insert((origin, origin_seq));
+                handoff.seen.insert(key);
             }
         }
-        if self.config.reallocate && self.role == Role::Client {
+        if tracking {
             if self.recent_deliveries.len() >= super::RECENT_DELIVERIES {
                 self.recent_deliveries.pop_front();
             }
-            self.recent_deliveries.push_back((origin, origin_seq));
+            self.recent_deliveries.push_back(key);
         }
         false
     }
+}
 
+/// A digest of a payload for telling copies of one multicast from forgeries (keyed with a
+/// fixed key: a forger who could match it would have sent the real payload anyway).
+fn payload_digest(payload: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)]
+    let mut hasher =
+        std::hash::SipHasher::new_with_keys(0x6861_6e64_6f66_6621, 0x7061_796c_6f61_6421);
+    hasher.write(payload);
+    hasher.finish()
+}
+
+impl Node {
     /// Follows the root named from above, so removal reports go to the current root.
     pub(super) fn observe_root(&mut self, root: NodeId) {
         if let Some(index) = self.roots.iter().position(|r| r.id == root) {

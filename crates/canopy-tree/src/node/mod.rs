@@ -68,8 +68,8 @@ struct Handoff {
     /// When copies stop being checked against `seen` (late copies of the last multicasts
     /// may still be on their way along the other path).
     forget_at: Time,
-    /// (origin, origin sequence) of what was delivered during the handoff.
-    seen: std::collections::HashSet<(NodeId, u64)>,
+    /// (origin, origin sequence, payload digest) of what was delivered during the handoff.
+    seen: std::collections::HashSet<(NodeId, u64, u64)>,
 }
 
 /// Most multicasts a handoff remembers; past it, a copy arriving both ways may be delivered
@@ -119,7 +119,7 @@ pub struct Node {
     left: bool,
     parent: Option<ParentLink>,
     handoff: Option<Handoff>,
-    recent_deliveries: std::collections::VecDeque<(NodeId, u64)>,
+    recent_deliveries: std::collections::VecDeque<(NodeId, u64, u64)>,
     joining: Option<JoinState>,
     /// Highest assignment id obeyed: older `AssignParent`s are ignored.
     best_assignment: u64,

@@ -43,11 +43,19 @@ impl Node {
             self.dropped(from, "multicast", DropReason::Malformed, out);
             return;
         }
-        if self.root.is_some() {
-            self.root_observe(multicast.origin, multicast.key_tag);
+        // A client has no subtree: whatever it sends, it originates.
+        let from_client = self
+            .children
+            .get(&from)
+            .is_some_and(|c| c.role == Role::Client);
+        if from_client && multicast.origin != from {
+            self.dropped(from, "multicast", DropReason::Unauthorized, out);
+            return;
         }
-        let deliver = self.wants_delivery(multicast.key_tag)
-            && !self.delivered_already(multicast.origin, multicast.origin_seq);
+        if self.root.is_some() {
+            self.root_observe(from, multicast.origin, multicast.key_tag);
+        }
+        let deliver = self.wants_delivery(multicast.key_tag) && !self.delivered_already(&multicast);
         // What the parent being left sends is for this client only: the tree carries it on
         // along the links it came by.
         if self.is_leaving_parent(from) {

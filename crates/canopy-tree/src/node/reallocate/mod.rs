@@ -21,11 +21,16 @@ use std::collections::HashMap;
 use super::root::Placement;
 use super::Node;
 use crate::io::{Output, TreeEvent};
-use crate::{KeyTag, NodeId, Role, Time, TreeView};
+use crate::{KeyTag, NodeId, Role, Time, TreeView, BROADCAST_TAG};
 
 /// (writer, key) pairs the root remembers at most: a client cannot grow the table without
 /// bound by writing ever new keys.
 const MAX_TRACKED: usize = 1 << 16;
+/// Keys one writer is remembered for at most, so that one client writing many keys cannot
+/// fill the table and hide everyone else's writes.
+const MAX_KEYS_PER_WRITER: usize = 64;
+/// A client moved is not moved again for this many rounds.
+const MOVE_COOLDOWN_ROUNDS: u32 = 4;
 /// Moves one round may decide.
 const MAX_MOVES_PER_ROUND: usize = 64;
 /// Weights below this after decay are forgotten.
@@ -36,15 +41,21 @@ const FORGET_BELOW: f64 = 0.5;
 pub(crate) struct Affinity {
     writes: HashMap<NodeId, HashMap<KeyTag, f64>>,
     tracked: usize,
+    /// Clients moved lately, with the rounds they still sit out.
+    cooling: HashMap<NodeId, u32>,
 }
 
 impl Affinity {
     pub(super) fn record(&mut self, writer: NodeId, tag: KeyTag) {
         let full = self.tracked >= MAX_TRACKED;
+        if full && !self.writes.contains_key(&writer) {
+            return;
+        }
         let keys = self.writes.entry(writer).or_default();
+        let room = !full && keys.len() < MAX_KEYS_PER_WRITER;
         match keys.get_mut(&tag) {
             Some(weight) => *weight += 1.0,
-            None if !full => {
+            None if room => {
                 keys.insert(tag, 1.0);
                 self.tracked += 1;
             }
@@ -65,20 +76,37 @@ impl Affinity {
         self.tracked = self.writes.values().map(HashMap::len).sum();
     }
 
-    /// Moves (client, new parent) that lower the tree's cost (see `plan`).
-    fn plan(&self, view: &TreeView, max_clients: u32) -> Vec<(NodeId, NodeId)> {
-        plan::plan(&self.writes, view, max_clients, MAX_MOVES_PER_ROUND)
+    /// Moves (client, new parent) that lower the tree's cost (see `plan`), leaving out
+    /// clients moved in the last few rounds; those planned start their cool-down.
+    fn plan(&mut self, view: &TreeView, max_clients: u32) -> Vec<(NodeId, NodeId)> {
+        self.cooling.retain(|_, rounds| {
+            *rounds -= 1;
+            *rounds > 0
+        });
+        let moves: Vec<(NodeId, NodeId)> =
+            plan::plan(&self.writes, view, max_clients, MAX_MOVES_PER_ROUND)
+                .into_iter()
+                .filter(|(client, _)| !self.cooling.contains_key(client))
+                .collect();
+        for &(client, _) in &moves {
+            self.cooling.insert(client, MOVE_COOLDOWN_ROUNDS);
+        }
+        moves
     }
 }
 
 impl Node {
-    /// Notes a multicast that reached the root (for reallocation).
-    pub(super) fn root_observe(&mut self, origin: NodeId, tag: KeyTag) {
-        if !self.config.reallocate {
+    /// Notes a multicast that reached the root over the link to `from` (for reallocation).
+    /// Only an origin the view places below that link counts: a router cannot make the root
+    /// move clients of other subtrees by naming them. The broadcast tag is everybody's.
+    pub(super) fn root_observe(&mut self, from: NodeId, origin: NodeId, tag: KeyTag) {
+        if !self.config.reallocate || tag == BROADCAST_TAG {
             return;
         }
         if let Some(root) = self.root.as_mut() {
-            root.affinity.record(origin, tag);
+            if root.view.is_ancestor_or_self(from, origin) {
+                root.affinity.record(origin, tag);
+            }
         }
     }
 
@@ -128,10 +156,23 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let mut affinity = Affinity::default();
-        for tag in 0..(MAX_TRACKED as u64 + 10) {
-            affinity.record(1, tag);
+        let writers = (MAX_TRACKED / MAX_KEYS_PER_WRITER) as u64 + 10;
+        for writer in 0..writers {
+            for tag in 0..MAX_KEYS_PER_WRITER as u64 {
+                affinity.record(writer, tag);
+            }
         }
         assert_eq!(affinity.tracked, MAX_TRACKED);
+    }
+
+    #[test]
+    fn one_writer_cannot_fill_the_table() {
+        let mut affinity = Affinity::default();
+        for tag in 0..10_000 {
+            affinity.record(1, tag);
+        }
+        affinity.record(2, 5);
+        assert_eq!(affinity.tracked, MAX_KEYS_PER_WRITER + 1);
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub(super) fn plan(
     }
     let groups = groups(writes, &here);
     // Slots each router has for tracked writers: its capacity less the clients that stay.
+    let mut tracked_at: HashMap<NodeId, u32> = HashMap::new();
+    for &router in here.values() {
+        *tracked_at.entry(router).or_insert(0) += 1;
+    }
     let mut free: HashMap<NodeId, u32> = HashMap::new();
     for (id, entry) in view.iter() {
         if entry.role.is_router() && entry.detached_since.is_none() {
-            let tracked_here = here.values().filter(|&&p| p == id).count() as u32;
+            let tracked_here = tracked_at.get(&id).copied().unwrap_or(0);
             let fixed = entry.direct_clients.saturating_sub(tracked_here);
             free.insert(id, max_clients.saturating_sub(fixed));
         }
