@@ -382,8 +382,8 @@ fn message_without_a_known_body_is_an_unknown_type() {
         &[],
         // Only an unknown field: number 100, varint 1.
         &[0xA0, 0x06, 0x01],
-        // Only an unknown length-delimited field: number 19 (the next free one), 2 bytes.
-        &[0x9A, 0x01, 0x02, 0xAB, 0xCD],
+        // Only an unknown length-delimited field: number 20 (the next free one), 2 bytes.
+        &[0xA2, 0x01, 0x02, 0xAB, 0xCD],
     ];
     for body in bodies {
         let mut buf = raw_frame(body);
