@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use canopy_tree::{Input, NodeId, Role, Time, TreeConfig};
+use canopy_tree::{Input, NodeId, Time, TreeConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::network::{self, Network};
 use crate::tally::{DeliveryCounts, Tally};
-use crate::{LatencyModel, Sim};
+use crate::Sim;
 
 /// The key tag every interested client subscribes to.
 pub const EXPERIMENT_TAG: u64 = 0x5EED_CAFE_F00D_0001;
@@ -89,36 +90,34 @@ pub fn run(
     topology: Topology,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CongestionResult, String> {
-    let config = experiment_config(params);
-    config.validate().map_err(|e| e.to_string())?;
     let mut rng = SmallRng::seed_from_u64(params.seed);
-    let mut sim = Sim::new(config.clone(), LatencyModel::default(), params.seed);
-    let ms = Duration::from_millis;
-    sim.add_node(Role::Root, "", Time::ZERO);
     let routers = match topology {
         Topology::Tree => params.routers,
         Topology::Star => 0,
     };
-    for _ in 0..routers {
-        let at = ms(10) + ms(1000).mul_f64(rng.random::<f64>());
-        sim.add_node(Role::Router, "", at);
-    }
-    // Routers are placed first so clients land under them rather than the root.
-    let clients_start = ms(1500);
-    let join_span = ms(1000).max(ms((params.clients / 500) as u64));
-    let mut clients: Vec<(NodeId, bool)> = Vec::with_capacity(params.clients);
-    for _ in 0..params.clients {
-        let at = clients_start + join_span.mul_f64(rng.random::<f64>());
-        let id = sim.add_node(Role::Client, "", at);
-        let interested = rng.random::<f64>() < params.interest_fraction;
-        if interested {
+    let mut interested: Vec<bool> = Vec::with_capacity(params.clients);
+    let mut subscribe = |sim: &mut Sim, id: NodeId, rng: &mut SmallRng| {
+        let wants = rng.random::<f64>() < params.interest_fraction;
+        if wants {
             sim.input_at(id, Input::Subscribe(EXPERIMENT_TAG), Time::ZERO);
         }
-        clients.push((id, interested));
-    }
-    let settled = clients_start + join_span + config.heartbeat_interval * 4;
-    run_in_steps(&mut sim, settled, "building", progress);
-    let shape = crate::check::check_tree(&sim)?;
+        interested.push(wants);
+    };
+    let Network {
+        mut sim,
+        clients,
+        shape,
+    } = network::build(
+        experiment_config(params),
+        params.seed,
+        (routers, params.clients),
+        &mut rng,
+        &mut subscribe,
+        progress,
+    )?;
+    let clients: Vec<(NodeId, bool)> = clients.iter().map(|&(_, id)| id).zip(interested).collect();
+    let ms = Duration::from_millis;
+    let settled = sim.now();
 
     sim.reset_counters();
     sim.take_deliveries();

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod failover;
 pub mod figures;
 pub mod group;
+pub mod network;
 pub mod tally;
 pub mod working_sets;
 pub mod workload;

@@ -7,15 +7,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use canopy_tree::{Input, NodeId, Role, Time, TreeConfig};
+use canopy_tree::{Input, NodeId, Role, TreeConfig};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::congestion::{run_in_steps, Progress, Topology};
+use crate::network::{self, Network};
 use crate::tally::{DeliveryCounts, Tally};
 use crate::workload::{schedule_writes, Workload};
-use crate::{LatencyModel, Sim};
+use crate::Sim;
 
 /// How working sets are laid over the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -134,32 +135,22 @@ pub(crate) fn build(
     rng: &mut SmallRng,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Sim, Vec<NodeId>), String> {
-    let config = config(params);
-    config.validate().map_err(|e| e.to_string())?;
-    let mut sim = Sim::new(config.clone(), LatencyModel::default(), params.seed);
-    let ms = Duration::from_millis;
-    sim.add_node(Role::Root, "", Time::ZERO);
     let routers = match params.topology {
         Topology::Tree => params.routers,
         Topology::Star => 0,
     };
-    for _ in 0..routers {
-        let at = ms(10) + ms(1000).mul_f64(rng.random::<f64>());
-        sim.add_node(Role::Router, "", at);
-    }
-    let clients_start = ms(1500);
-    let join_span = ms(1000).max(ms((params.clients / 500) as u64));
-    let mut joins: Vec<(Time, NodeId)> = (0..params.clients)
-        .map(|_| {
-            let at = clients_start + join_span.mul_f64(rng.random::<f64>());
-            (at, sim.add_node(Role::Client, "", at))
-        })
-        .collect();
-    joins.sort_unstable();
-    let settled = clients_start + join_span + config.heartbeat_interval * 4;
-    run_in_steps(&mut sim, settled, "building", progress);
-    crate::check::check_tree(&sim)?;
-    Ok((sim, joins.into_iter().map(|(_, id)| id).collect()))
+    let Network {
+        sim, mut clients, ..
+    } = network::build(
+        config(params),
+        params.seed,
+        (routers, params.clients),
+        rng,
+        &mut |_, _, _| {},
+        progress,
+    )?;
+    clients.sort_unstable();
+    Ok((sim, clients.into_iter().map(|(_, id)| id).collect()))
 }
 
 /// Runs one workload on one topology.

@@ -8,37 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use canopy_sim::workload::Workload;
 use canopy_sim::{LatencyModel, Sim};
-use canopy_tree::{Input, KeyTag, NodeId, Role, Time, TreeConfig};
+use canopy_tree::{Input, KeyTag, NodeId, Role, Time};
 use proptest::prelude::*;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+mod common;
+use common::{fast_config, ms};
 
 /// How long before and after a write a subscription must hold for the write to be owed:
 /// interest travels up and (as outside interest) down in batches of 10 ms per hop.
 const SETTLE: Duration = Duration::from_millis(1000);
-
-fn config(max_child_routers: usize, max_clients: usize, reallocate: bool) -> TreeConfig {
-    TreeConfig {
-        heartbeat_interval: ms(200),
-        root_heartbeat_interval: ms(100),
-        child_timeout: ms(700),
-        parent_timeout: ms(700),
-        join_timeout: ms(400),
-        join_backoff_max: ms(1600),
-        interest_batch_delay: ms(10),
-        rebalance_interval: ms(1000),
-        orphan_grace: ms(2000),
-        max_child_routers,
-        max_clients,
-        imbalance_bound: 2,
-        filter_fp_rate: 0.01,
-        upward_filters: true,
-        reallocate,
-        limits: Default::default(),
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Scenario {
@@ -105,7 +83,7 @@ fn holds_through(held: &Held, client: NodeId, tag: KeyTag, at: Time) -> bool {
 
 /// Runs the scenario and checks it; returns how many clients the root moved.
 fn run(s: &Scenario) -> Result<u64, TestCaseError> {
-    let config = config(s.max_child_routers, s.max_clients, s.reallocate);
+    let config = fast_config(s.max_child_routers, s.max_clients, s.reallocate);
     let mut sim = Sim::new(config, LatencyModel::default(), s.seed);
     sim.add_node(Role::Root, "", Time::ZERO);
     for i in 0..s.routers {

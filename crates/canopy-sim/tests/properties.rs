@@ -8,35 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use canopy_sim::check::{check_tree, interested_clients};
 use canopy_sim::{LatencyModel, Sim};
-use canopy_tree::{Input, KeyTag, NodeId, Role, TreeConfig, BROADCAST_TAG};
+use canopy_tree::{Input, KeyTag, NodeId, Role, BROADCAST_TAG};
 use proptest::prelude::*;
 
+mod common;
+use common::{fast_config, ms};
+
 const TAGS: [KeyTag; 4] = [0xA1, 0xB2, 0xC3, 0xD4];
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn fast_config(max_child_routers: usize, max_clients: usize) -> TreeConfig {
-    TreeConfig {
-        heartbeat_interval: ms(200),
-        root_heartbeat_interval: ms(100),
-        child_timeout: ms(700),
-        parent_timeout: ms(700),
-        join_timeout: ms(400),
-        join_backoff_max: ms(1600),
-        interest_batch_delay: ms(10),
-        rebalance_interval: ms(1000),
-        orphan_grace: ms(2000),
-        max_child_routers,
-        max_clients,
-        imbalance_bound: 2,
-        filter_fp_rate: 0.01,
-        upward_filters: true,
-        reallocate: false,
-        limits: Default::default(),
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Churn {
@@ -101,7 +79,7 @@ fn add(sim: &mut Sim, role: Role, at: Duration, pick: u64) -> NodeId {
 }
 
 fn build(s: &Scenario) -> Sim {
-    let config = fast_config(s.max_child_routers, s.max_clients);
+    let config = fast_config(s.max_child_routers, s.max_clients, false);
     let mut sim = Sim::new(config, LatencyModel::default(), s.seed);
     sim.add_node(Role::Root, "", Duration::ZERO);
     let mut rng = s.seed;

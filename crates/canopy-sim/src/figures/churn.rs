@@ -13,7 +13,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::plot::{write_stacked_lines, LineChart, Series};
+use super::plot::{write_stacked, LineChart, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::Progress;
 use crate::{LatencyModel, Sim};
@@ -214,27 +214,21 @@ fn chart(
             .collect::<Vec<_>>()
     };
     let x_label = "seconds (joins 1–60 s, drop-outs 90–150 s)";
-    write_stacked_lines(
-        &[
-            LineChart {
-                title,
-                x_label,
-                y_label: metric.0,
-                log_x: false,
-                log_y: false,
-                series: lines(metric),
-            },
-            LineChart {
-                title: "",
-                x_label,
-                y_label: count.0,
-                log_x: false,
-                log_y: false,
-                series: lines(count),
-            },
-        ],
-        svg,
-    )
+    let above = LineChart {
+        title,
+        x_label,
+        y_label: metric.0,
+        log_x: false,
+        log_y: false,
+        series: lines(metric),
+    };
+    let below = LineChart {
+        title: "",
+        y_label: count.0,
+        series: lines(count),
+        ..above
+    };
+    write_stacked(&[&above, &below], 480, svg)
 }
 
 fn table(

@@ -47,7 +47,7 @@ fn bounds(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
 
 impl LineChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
-        write_stacked_lines(std::slice::from_ref(self), path)
+        write_stacked(&[self], 560, path)
     }
 
     fn draw(
@@ -110,21 +110,6 @@ impl LineChart<'_> {
     }
 }
 
-/// Line charts one above the other in one SVG.
-pub fn write_stacked_lines(charts: &[LineChart<'_>], path: &Path) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let height = 480 * charts.len().max(1) as u32;
-    let area = SVGBackend::new(path, (900, height)).into_drawing_area();
-    area.fill(&WHITE).map_err(|e| err(&e))?;
-    for (chart, panel) in charts
-        .iter()
-        .zip(area.split_evenly((charts.len().max(1), 1)))
-    {
-        chart.draw(&panel, path)?;
-    }
-    area.present().map_err(|e| err(&e))
-}
-
 /// Groups of bars: one group per category, one bar per series in each group.
 pub struct BarChart<'a> {
     pub title: &'a str,
@@ -136,7 +121,7 @@ pub struct BarChart<'a> {
 
 impl BarChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
-        write_stacked(std::slice::from_ref(self), path)
+        write_stacked(&[self], 560, path)
     }
 
     fn draw(
@@ -203,16 +188,42 @@ impl BarChart<'_> {
     }
 }
 
-/// Bar charts one above the other in one SVG.
-pub fn write_stacked(charts: &[BarChart<'_>], path: &Path) -> Result<(), String> {
+/// A chart that can draw itself into one panel of a figure.
+pub trait Panel {
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<(), String>;
+}
+
+impl Panel for LineChart<'_> {
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<(), String> {
+        LineChart::draw(self, area, path)
+    }
+}
+
+impl Panel for BarChart<'_> {
+    fn draw(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        path: &Path,
+    ) -> Result<(), String> {
+        BarChart::draw(self, area, path)
+    }
+}
+
+/// Charts one above the other in one SVG, each `panel_height` high.
+pub fn write_stacked(charts: &[&dyn Panel], panel_height: u32, path: &Path) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let height = 560 * charts.len().max(1) as u32;
-    let area = SVGBackend::new(path, (900, height)).into_drawing_area();
+    let panels = charts.len().max(1);
+    let area = SVGBackend::new(path, (900, panel_height * panels as u32)).into_drawing_area();
     area.fill(&WHITE).map_err(|e| err(&e))?;
-    for (chart, panel) in charts
-        .iter()
-        .zip(area.split_evenly((charts.len().max(1), 1)))
-    {
+    for (chart, panel) in charts.iter().zip(area.split_evenly((panels, 1))) {
         chart.draw(&panel, path)?;
     }
     area.present().map_err(|e| err(&e))

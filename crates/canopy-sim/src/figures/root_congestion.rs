@@ -5,8 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use plotters::prelude::*;
-
+use super::plot::{LineChart, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::{self, CongestionParams, CongestionResult, Progress, Topology};
 
@@ -71,83 +70,30 @@ pub struct SizePoint {
 
 /// Writes the log-log plot of root messages per multicast against clients.
 pub fn write_plot(points: &[SizePoint], path: &Path) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(100) as f64;
-    let max_msgs = points
-        .iter()
-        .map(|p| {
-            p.star
-                .root_msgs_per_multicast
-                .max(p.tree.root_msgs_per_multicast)
-        })
-        .fold(10.0, f64::max);
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Messages per multicast: star vs Canopy tree",
-            ("sans-serif", 24),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (50f64..max_clients * 2.0).log_scale(),
-            (1f64..max_msgs * 3.0).log_scale(),
-        )
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("clients")
-        .y_desc("messages per multicast (sent + received)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()
-        .map_err(|e| err(&e))?;
-    let star_root: Vec<(f64, f64)> = points
-        .iter()
-        .map(|p| (p.clients as f64, p.star.root_msgs_per_multicast.max(1.0)))
-        .collect();
-    let tree_root: Vec<(f64, f64)> = points
-        .iter()
-        .map(|p| (p.clients as f64, p.tree.root_msgs_per_multicast.max(1.0)))
-        .collect();
-    let tree_busiest: Vec<(f64, f64)> = points
-        .iter()
-        .map(|p| {
-            (
-                p.clients as f64,
-                p.tree.max_node_msgs_per_multicast.max(1.0),
-            )
-        })
-        .collect();
-    let green = RGBColor(0, 140, 60);
-    for (data, color, label) in [
-        (star_root, RED, "star: root (unicasts to every client)"),
-        (tree_root, BLUE, "canopy tree: root"),
-        (tree_busiest, green, "canopy tree: busiest node"),
-    ] {
-        chart
-            .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(
-                data.into_iter()
-                    .map(|xy| Circle::new(xy, 4, color.filled())),
-            )
-            .map_err(|e| err(&e))?;
+    let line = |label: &str, f: fn(&SizePoint) -> f64| Series {
+        label: label.into(),
+        points: points
+            .iter()
+            .map(|p| (p.clients as f64, f(p).max(1.0)))
+            .collect(),
+    };
+    LineChart {
+        title: "Messages per multicast: star vs Canopy tree",
+        x_label: "clients",
+        y_label: "messages per multicast (sent + received)",
+        log_x: true,
+        log_y: true,
+        series: vec![
+            line("star: root (unicasts to every client)", |p| {
+                p.star.root_msgs_per_multicast
+            }),
+            line("canopy tree: root", |p| p.tree.root_msgs_per_multicast),
+            line("canopy tree: busiest node", |p| {
+                p.tree.max_node_msgs_per_multicast
+            }),
+        ],
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    .write(path)
 }
 
 /// The Markdown table of the measurements.

@@ -145,14 +145,8 @@ pub fn figure(
     svg: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Figure, String> {
-    let rows = rows_for(options, progress, Scheme::SEED)?;
-    bar_chart(
-        "Messages per write at IR_r, IR_0, IR_1 (static worker allocation)",
-        &rows,
-        svg,
-    )?;
-    let held = rows.iter().all(|r| r.deliveries.exact());
-    Figure::new(&rows, table(&rows), held)
+    let title = "Messages per write at IR_r, IR_0, IR_1 (static worker allocation)";
+    ir_figure(options, svg, progress, Scheme::SEED, title)
 }
 
 /// Fig. 9: cache-aware reallocation (upward filters off, as in the seed's tree).
@@ -161,13 +155,19 @@ pub fn reallocation(
     svg: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Figure, String> {
-    let scheme = Scheme::ALL[2];
+    let title = "Messages per write at IR_r, IR_0, IR_1 (cache-aware reallocation)";
+    ir_figure(options, svg, progress, Scheme::ALL[2], title)
+}
+
+fn ir_figure(
+    options: &FigureOptions,
+    svg: &Path,
+    progress: &mut dyn FnMut(Progress),
+    scheme: Scheme,
+    title: &str,
+) -> Result<Figure, String> {
     let rows = rows_for(options, progress, scheme)?;
-    bar_chart(
-        "Messages per write at IR_r, IR_0, IR_1 (cache-aware reallocation)",
-        &rows,
-        svg,
-    )?;
+    bar_chart(title, &rows, svg)?;
     let held = rows.iter().all(|r| r.deliveries.exact());
     Figure::new(&rows, table(&rows), held)
 }
@@ -203,23 +203,19 @@ pub fn schemes(
             .map(|s| (s.label.to_string(), s.rows.iter().map(f).collect()))
             .collect::<Vec<_>>()
     };
-    write_stacked(
-        &[
-            BarChart {
-                title: "Root (IR_r) messages per write, by scheme",
-                y_label: "messages per write",
-                categories: categories.clone(),
-                series: series(|r| r.ir_r),
-            },
-            BarChart {
-                title: "All routers' messages per write, by scheme",
-                y_label: "messages per write",
-                categories,
-                series: series(|r| r.routers_total),
-            },
-        ],
-        svg,
-    )?;
+    let root = BarChart {
+        title: "Root (IR_r) messages per write, by scheme",
+        y_label: "messages per write",
+        categories: categories.clone(),
+        series: series(|r| r.ir_r),
+    };
+    let all = BarChart {
+        title: "All routers' messages per write, by scheme",
+        y_label: "messages per write",
+        categories,
+        series: series(|r| r.routers_total),
+    };
+    write_stacked(&[&root, &all], 560, svg)?;
     let mut md = String::from(
         "| workload | scheme | root | vs seed's tree | all routers | vs seed's tree | all nodes | delivered / owed | duplicates |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
