@@ -35,9 +35,9 @@ pub struct TreeConfig {
     pub imbalance_bound: u32,
     /// False-positive rate of per-link interest filters.
     pub filter_fp_rate: f64,
-    /// Upward filters: parents tell router children what the rest of the tree wants, and a
-    /// router sends a multicast up only when someone outside its subtree wants the key.
-    /// Off, every multicast climbs to the root (the seed design).
+    /// Upward filters: a parent tells each router child which of its subtree's tags nobody
+    /// outside wants, and the router keeps multicasts for those below it. Off, every
+    /// multicast climbs to the root (the seed design).
     pub upward_filters: bool,
     /// Cache-aware reallocation: the root moves clients towards the routers of the other
     /// writers of their keys (see `node::reallocate`), and stops culling for balance.

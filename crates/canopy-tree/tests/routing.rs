@@ -409,12 +409,19 @@ fn multicast_goes_up_and_only_down_interested_links() {
     );
     assert_eq!(receivers, vec![b1]);
 
-    // Once b1 unsubscribes, nobody outside ra's subtree wants the tag: ra's parent says
-    // so (upward filters), and the copy stops at ra.
+    // Once b1 unsubscribes, nobody wants the tag. Nobody in ra's subtree wants it either, so
+    // ra was never told it is local: the copy goes up and stops at the root.
     unsubscribe(&mut net, b1, TAG);
     let (hops_seen, receivers) = publish(&mut net, a1, TAG);
-    assert_eq!(hops_seen, hops(&[(a1, ra)]));
+    assert_eq!(hops_seen, hops(&[(a1, ra), (ra, ROOT)]));
     assert!(receivers.is_empty());
+
+    // Once a2 wants it, only ra's subtree does: ra's parent says the tag is local to ra
+    // (upward filters), and a copy from a1 stays below ra.
+    subscribe(&mut net, a2, TAG);
+    let (hops_seen, receivers) = publish(&mut net, a1, TAG);
+    assert_eq!(hops_seen, hops(&[(a1, ra), (ra, a2)]));
+    assert_eq!(receivers, vec![a2]);
 }
 
 #[test]

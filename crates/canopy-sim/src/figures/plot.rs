@@ -49,7 +49,9 @@ impl LineChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
         write_stacked(&[self], 560, path)
     }
+}
 
+impl Panel for LineChart<'_> {
     fn draw(
         &self,
         area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
@@ -123,7 +125,9 @@ impl BarChart<'_> {
     pub fn write(&self, path: &Path) -> Result<(), String> {
         write_stacked(&[self], 560, path)
     }
+}
 
+impl Panel for BarChart<'_> {
     fn draw(
         &self,
         area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
@@ -195,26 +199,6 @@ pub trait Panel {
         area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
         path: &Path,
     ) -> Result<(), String>;
-}
-
-impl Panel for LineChart<'_> {
-    fn draw(
-        &self,
-        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-        path: &Path,
-    ) -> Result<(), String> {
-        LineChart::draw(self, area, path)
-    }
-}
-
-impl Panel for BarChart<'_> {
-    fn draw(
-        &self,
-        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-        path: &Path,
-    ) -> Result<(), String> {
-        BarChart::draw(self, area, path)
-    }
 }
 
 /// Charts one above the other in one SVG, each `panel_height` high.

@@ -34,6 +34,11 @@ impl LinkInterest {
         self.tags.contains(&tag)
     }
 
+    /// The tags the link advertised.
+    pub(crate) fn tags(&self) -> impl Iterator<Item = KeyTag> + '_ {
+        self.tags.iter().copied()
+    }
+
     /// Number of distinct tags the link advertised.
     pub(crate) fn len(&self) -> usize {
         self.tags.len()

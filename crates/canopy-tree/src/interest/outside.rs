@@ -1,12 +1,14 @@
-//! Upward filters: what the tree outside a subtree wants.
+//! Upward filters: which of a subtree's tags nobody outside it wants.
 //!
-//! A parent tells each router child the tags wanted outside that child's subtree: its own,
-//! its other children's, and what its own parent says is wanted outside it ("above"). The
-//! child sends a multicast up only for those tags, so traffic that stays inside a subtree
-//! never climbs to the root. A tag is wanted outside child C unless nobody holds it or C is
-//! its only holder, so the parent needs no set per child: per tag, the number of holders and
-//! the XOR of their ids (which is the holder's id when there is one) are enough, and a
-//! change is reported to the children whose answer it flips.
+//! A parent tells each router child which of the tags the child advertised are held by
+//! nobody but that child: not by the parent itself, not by its other children, not by
+//! anyone the parent's own parent says is outside ("local" tags). The child sends a multicast
+//! up unless its tag is local, so traffic that stays inside a subtree never climbs to the
+//! root, and what a child keeps is bounded by its own interest (a set of what *is* wanted
+//! outside would hold nearly every tag of the tree at every router). A tag is local to child
+//! C exactly when C is its only holder, so the parent needs no set per child: per tag, the
+//! number of holders and the XOR of the child holders' ids (which names the child when it
+//! is the only one), and a change is reported to the children whose answer it flips.
 
 use canopy_proto::v1::{InterestDelta, OutsideInterest};
 
@@ -20,27 +22,30 @@ enum AboveState {
     /// No snapshot from the parent yet: everything goes up.
     #[default]
     Unknown,
-    /// `tags` is what the parent said.
+    /// `local` is what the parent said.
     Known,
     /// The parent cannot tell, or said more than this node keeps: everything goes up.
     Everything,
+    /// The root: nothing is above.
+    Nothing,
 }
 
-/// What the parent says the rest of the tree wants.
+/// What the parent says of this subtree's tags.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Above {
     state: AboveState,
     /// The node moved to a new parent whose snapshot has not arrived: it sends everything
-    /// up, and keeps the old set for its children (the rest of the tree is mostly the same;
-    /// the new snapshot then corrects them by difference).
+    /// up, and keeps the old set for its children (the rest of the tree is the same tree;
+    /// the new snapshot corrects them by difference).
     stale: bool,
-    tags: TagSet,
+    /// Tags of this subtree that nobody outside it wants.
+    local: TagSet,
     /// A snapshot arriving in chunks.
     pending: Option<TagSet>,
 }
 
 /// How a tag was held: by nobody, by one child link alone (named), or otherwise (by the
-/// node itself, by the rest of the tree above, or by two or more).
+/// node itself, by someone outside the node's subtree, or by two or more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Holding {
     Nobody,
@@ -49,17 +54,13 @@ pub(crate) enum Holding {
 }
 
 impl Holding {
-    /// Whether someone outside `child`'s subtree wants the tag.
-    fn wanted_outside(self, child: NodeId) -> bool {
-        match self {
-            Holding::Nobody => false,
-            Holding::OnlyChild(only) => only != child,
-            Holding::Others => true,
-        }
+    /// Whether only `child`'s subtree wants the tag.
+    fn local_to(self, child: NodeId) -> bool {
+        self == Holding::OnlyChild(child)
     }
 }
 
-/// What a message from the parent did to this node's view of the rest of the tree.
+/// What a message from the parent did to this node's view of its tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AboveChange {
     /// Changes went into the table tag by tag (children learn them by difference).
@@ -71,7 +72,7 @@ pub(crate) enum AboveChange {
 }
 
 impl InterestTable {
-    /// Starts remembering changes for the router children's outside sets.
+    /// Starts remembering changes for the router children's local sets.
     pub(crate) fn track_outside(&mut self) {
         self.track_outside = true;
     }
@@ -79,7 +80,7 @@ impl InterestTable {
     /// A node with no parent (the root): nothing is wanted above it.
     pub(crate) fn above_is_nothing(&mut self) {
         self.above = Above {
-            state: AboveState::Known,
+            state: AboveState::Nothing,
             ..Above::default()
         };
     }
@@ -93,33 +94,41 @@ impl InterestTable {
     /// Whether a multicast for `tag` from inside this subtree should go up.
     pub fn outside_wants(&self, tag: KeyTag) -> bool {
         match self.above.state {
-            AboveState::Known if !self.above.stale => self.above.tags.contains(&tag),
+            AboveState::Known if !self.above.stale => !self.above.local.contains(&tag),
+            AboveState::Nothing => false,
             _ => true,
         }
     }
 
-    /// Whether this node can tell its children what is wanted outside them: `Some(true)`
-    /// with a set, `Some(false)` when everything is, `None` before its parent said.
+    /// Whether this node can tell its children which of their tags are local: `Some(true)`
+    /// with a set, `Some(false)` when it must tell them to send everything up, `None` before
+    /// its parent said.
     pub(crate) fn above_known(&self) -> Option<bool> {
         match self.above.state {
-            AboveState::Known => Some(true),
+            AboveState::Known | AboveState::Nothing => Some(true),
             AboveState::Everything => Some(false),
             AboveState::Unknown => None,
         }
     }
 
-    /// Tags the parent says are wanted above (for inspection and bounds).
-    pub fn above_len(&self) -> usize {
-        self.above.tags.len()
+    /// Tags of this subtree the parent says nobody outside wants (for inspection).
+    pub fn local_len(&self) -> usize {
+        self.above.local.len()
     }
 
     fn holding(&self, tag: KeyTag) -> Holding {
-        let above = self.above.tags.contains(&tag);
-        match self.counts.get(&tag) {
-            None if !above => Holding::Nobody,
-            Some(c) if !above && !c.own && c.holders == 1 => Holding::OnlyChild(c.child_ids),
-            Some(c) if !above && c.holders == 0 => Holding::Nobody,
-            _ => Holding::Others,
+        let Some(c) = self.counts.get(&tag).filter(|c| c.holders > 0) else {
+            return Holding::Nobody;
+        };
+        let wanted_above = match self.above.state {
+            AboveState::Nothing => false,
+            AboveState::Known => !self.above.local.contains(&tag),
+            AboveState::Unknown | AboveState::Everything => true,
+        };
+        if !wanted_above && !c.own && c.holders == 1 {
+            Holding::OnlyChild(c.child_ids)
+        } else {
+            Holding::Others
         }
     }
 
@@ -141,7 +150,8 @@ impl InterestTable {
         self.dirty.clear();
     }
 
-    /// For each child, what changed outside it since the last call (tags sorted).
+    /// For each child, which tags became local to it (`add`) or stopped being (`remove`)
+    /// since the last call (tags sorted).
     pub(crate) fn take_outside_changes(
         &mut self,
         children: &[NodeId],
@@ -153,8 +163,11 @@ impl InterestTable {
         let dirty = std::mem::take(&mut self.dirty);
         for (tag, before) in dirty {
             let after = self.holding(tag);
+            if before == after {
+                continue;
+            }
             for (child, delta) in &mut deltas {
-                match (before.wanted_outside(*child), after.wanted_outside(*child)) {
+                match (before.local_to(*child), after.local_to(*child)) {
                     (false, true) => delta.add.push(tag),
                     (true, false) => delta.remove.push(tag),
                     _ => {}
@@ -169,22 +182,21 @@ impl InterestTable {
         deltas
     }
 
-    /// Every tag wanted outside `child`'s subtree, sorted.
-    pub(crate) fn outside_of(&self, child: NodeId) -> Vec<KeyTag> {
-        let mut tags: Vec<KeyTag> = self
-            .counts
-            .keys()
-            .chain(self.above.tags.iter())
-            .copied()
-            .filter(|&t| self.holding(t).wanted_outside(child))
+    /// Which of `child_tags` (what the child advertised) are local to `child`, sorted.
+    pub(crate) fn local_of(
+        &self,
+        child: NodeId,
+        child_tags: impl Iterator<Item = KeyTag>,
+    ) -> Vec<KeyTag> {
+        let mut tags: Vec<KeyTag> = child_tags
+            .filter(|&t| self.holding(t).local_to(child))
             .collect();
         tags.sort_unstable();
-        tags.dedup();
         tags
     }
 
-    /// Applies what the parent said. `max_tags` bounds the set this node keeps: past it,
-    /// the node sends everything up rather than keep more.
+    /// Applies what the parent said. `max_tags` bounds the set this node keeps (a snapshot
+    /// under way included): past it, the node sends everything up rather than keep more.
     pub(crate) fn on_outside(&mut self, msg: OutsideInterest, max_tags: usize) -> AboveChange {
         if msg.everything {
             return self.above_everything();
@@ -223,19 +235,19 @@ impl InterestTable {
                 }
             } else if self.above.state == AboveState::Known {
                 for tag in delta.remove {
-                    if self.above.tags.contains(&tag) {
+                    if self.above.local.contains(&tag) {
                         self.capture(tag);
-                        self.above.tags.remove(&tag);
+                        self.above.local.remove(&tag);
                     }
                 }
                 for tag in delta.add {
-                    if !self.above.tags.contains(&tag) {
+                    if !self.above.local.contains(&tag) {
                         self.capture(tag);
-                        self.above.tags.insert(tag);
+                        self.above.local.insert(tag);
                     }
                 }
             }
-            if self.above.tags.len() > max_tags {
+            if self.above.local.len() > max_tags {
                 return self.above_everything();
             }
         }
@@ -247,16 +259,16 @@ impl InterestTable {
         self.above.stale = false;
         if self.above.state != AboveState::Known {
             self.above.state = AboveState::Known;
-            self.above.tags = new;
+            self.above.local = new;
             self.dirty.clear();
             return AboveChange::Replaced;
         }
-        let gone: Vec<KeyTag> = self.above.tags.difference(&new).copied().collect();
-        let came: Vec<KeyTag> = new.difference(&self.above.tags).copied().collect();
+        let gone: Vec<KeyTag> = self.above.local.difference(&new).copied().collect();
+        let came: Vec<KeyTag> = new.difference(&self.above.local).copied().collect();
         for tag in gone.iter().chain(&came) {
             self.capture(*tag);
         }
-        self.above.tags = new;
+        self.above.local = new;
         AboveChange::Tags
     }
 
@@ -281,23 +293,47 @@ mod tests {
         }
     }
 
+    fn snapshot(tags: Vec<KeyTag>) -> OutsideInterest {
+        OutsideInterest {
+            snapshot: tags,
+            first: true,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn a_tag_held_by_one_child_is_outside_only_for_the_others() {
+    fn a_tag_held_by_one_child_alone_is_local_to_it() {
         let mut table = InterestTable::default();
         table.track_outside();
         table.above_is_nothing();
         table.increment(7, Holder::Child(10));
-        assert_eq!(table.outside_of(10), Vec::<KeyTag>::new());
-        assert_eq!(table.outside_of(11), vec![7]);
-        table.take_outside_changes(&[10, 11]);
-        // A second holder: now child 10 must send 7 up too.
+        assert_eq!(table.local_of(10, [7].into_iter()), vec![7]);
+        assert_eq!(
+            table.take_outside_changes(&[10, 11]),
+            vec![(10, delta(&[7], &[]))]
+        );
+        // A second holder: 7 is local to nobody.
         table.increment(7, Holder::Child(11));
-        let changes = table.take_outside_changes(&[10, 11]);
-        assert_eq!(changes, vec![(10, delta(&[7], &[]))]);
-        // The first holder leaves: 11 is alone with it, and stops sending it up.
+        assert_eq!(
+            table.take_outside_changes(&[10, 11]),
+            vec![(10, delta(&[], &[7]))]
+        );
+        // The first holder leaves: 7 is local to 11.
         table.decrement(7, Holder::Child(10));
-        let changes = table.take_outside_changes(&[10, 11]);
-        assert_eq!(changes, vec![(11, delta(&[], &[7]))]);
+        assert_eq!(
+            table.take_outside_changes(&[10, 11]),
+            vec![(11, delta(&[7], &[]))]
+        );
+    }
+
+    #[test]
+    fn the_nodes_own_tags_are_local_to_no_child() {
+        let mut table = InterestTable::default();
+        table.track_outside();
+        table.above_is_nothing();
+        table.subscribe(5);
+        table.increment(5, Holder::Child(10));
+        assert!(table.local_of(10, [5].into_iter()).is_empty());
     }
 
     #[test]
@@ -305,47 +341,57 @@ mod tests {
         let mut table = InterestTable::default();
         table.track_outside();
         table.above_is_nothing();
-        table.subscribe(5);
-        table.unsubscribe(5);
+        table.increment(5, Holder::Child(10));
+        table.decrement(5, Holder::Child(10));
         assert!(table.take_outside_changes(&[10, 11]).is_empty());
     }
 
     #[test]
-    fn what_the_parent_says_reaches_the_children_but_is_never_advertised_up() {
+    fn what_the_parent_says_reaches_the_children() {
         let mut table = InterestTable::default();
         table.track_outside();
-        let snapshot = OutsideInterest {
-            snapshot: vec![1, 2],
-            first: true,
-            ..Default::default()
-        };
-        assert_eq!(table.on_outside(snapshot, 100), AboveChange::Replaced);
-        assert!(table.outside_wants(1) && !table.outside_wants(3));
-        assert_eq!(table.outside_of(10), vec![1, 2]);
+        table.increment(1, Holder::Child(10));
+        table.increment(2, Holder::Child(10));
+        // Before the parent says, everything goes up and nothing is local below.
+        assert!(table.outside_wants(1));
+        assert!(table.local_of(10, [1, 2].into_iter()).is_empty());
+        table.clear_outside_changes();
+        // The parent: 1 is local to this subtree (2 is wanted outside).
+        assert_eq!(
+            table.on_outside(snapshot(vec![1]), 100),
+            AboveChange::Replaced
+        );
+        assert!(!table.outside_wants(1) && table.outside_wants(2) && table.outside_wants(3));
+        assert_eq!(table.local_of(10, [1, 2].into_iter()), vec![1]);
+        // Now nobody outside wants 2 either.
         let update = OutsideInterest {
-            delta: Some(delta(&[3], &[1])),
+            delta: Some(delta(&[2], &[])),
             ..Default::default()
         };
         assert_eq!(table.on_outside(update, 100), AboveChange::Tags);
-        let changes = table.take_outside_changes(&[10]);
-        assert_eq!(changes, vec![(10, delta(&[3], &[1]))]);
-        assert!(!table.has_pending(), "above is not this subtree's interest");
+        assert_eq!(
+            table.take_outside_changes(&[10]),
+            vec![(10, delta(&[2], &[]))]
+        );
+        assert!(!table.has_pending() || table.take_delta().add == vec![1, 2]);
     }
 
     #[test]
     fn a_new_parents_snapshot_corrects_by_difference() {
         let mut table = InterestTable::default();
         table.track_outside();
-        let first = |tags: Vec<KeyTag>| OutsideInterest {
-            snapshot: tags,
-            first: true,
-            ..Default::default()
-        };
-        table.on_outside(first(vec![1, 2]), 100);
+        for t in [1, 2, 3] {
+            table.increment(t, Holder::Child(10));
+        }
+        table.on_outside(snapshot(vec![1, 2]), 100);
+        table.clear_outside_changes();
         table.above_reparented();
-        assert!(table.outside_wants(99), "stale: everything goes up");
-        assert_eq!(table.on_outside(first(vec![2, 3]), 100), AboveChange::Tags);
-        assert!(!table.outside_wants(99));
+        assert!(table.outside_wants(1), "stale: everything goes up");
+        assert_eq!(
+            table.on_outside(snapshot(vec![2, 3]), 100),
+            AboveChange::Tags
+        );
+        assert!(table.outside_wants(1) && !table.outside_wants(3));
         let changes = table.take_outside_changes(&[10]);
         assert_eq!(changes, vec![(10, delta(&[3], &[1]))]);
     }
@@ -354,12 +400,10 @@ mod tests {
     fn more_than_the_bound_sends_everything_up() {
         let mut table = InterestTable::default();
         table.track_outside();
-        let big = OutsideInterest {
-            snapshot: (1..=11).collect(),
-            first: true,
-            ..Default::default()
-        };
-        assert_eq!(table.on_outside(big, 10), AboveChange::Everything);
+        assert_eq!(
+            table.on_outside(snapshot((1..=11).collect()), 10),
+            AboveChange::Everything
+        );
         assert!(table.outside_wants(12345));
         assert_eq!(table.above_known(), Some(false));
     }

@@ -1,6 +1,6 @@
-//! Upward filters on tree links: a parent tells each router child what the tree outside
-//! the child's subtree wants (see `interest::outside`), and a router obeys its parent's word
-//! when deciding whether a multicast from below goes up.
+//! Upward filters on tree links: a parent tells each router child which of its tags nobody
+//! outside its subtree wants (see `interest::outside`), and a router obeys its parent's
+//! word when deciding whether a multicast from below goes up.
 
 use canopy_proto::v1::{InterestDelta, OutsideInterest};
 use canopy_proto::Body;
@@ -31,8 +31,9 @@ impl Node {
                     .any(|c| c.attached && c.role == Role::Router && !c.outside_sent))
     }
 
-    /// Tells router children what changed outside them, and sends a whole snapshot to each
-    /// that has none yet. Nothing is said before this node itself knows what is wanted above.
+    /// Tells router children which of their tags became local or stopped being, and sends a
+    /// whole snapshot to each that has none yet. Nothing is said before this node itself
+    /// knows what is wanted above it.
     pub(super) fn send_outside(&mut self, out: &mut Vec<Output>) {
         if !self.upward_filters() {
             return;
@@ -73,7 +74,10 @@ impl Node {
                     }
                 }
                 for &(child, _) in routers.iter().filter(|(_, sent)| !sent) {
-                    let tags = self.interest.outside_of(child);
+                    let Some(link) = self.children.get(&child) else {
+                        continue;
+                    };
+                    let tags = self.interest.local_of(child, link.interest.tags());
                     let pieces: Vec<&[KeyTag]> = if tags.is_empty() {
                         vec![&[]]
                     } else {
@@ -101,7 +105,7 @@ impl Node {
         }
     }
 
-    /// The parent says what the rest of the tree wants.
+    /// The parent says which of this subtree's tags nobody outside wants.
     pub(super) fn on_outside_interest(
         &mut self,
         from: NodeId,
