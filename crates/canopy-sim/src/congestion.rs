@@ -134,7 +134,7 @@ pub fn run(
         let (publisher, _) = clients[rng.random_range(0..clients.len())];
         let seq = publishes_by_origin.entry(publisher).or_insert(0);
         *seq += 1;
-        tally.expect(publisher, *seq, 0);
+        tally.owe(publisher, *seq, 0);
         let at = settled + gap * (i as u32 + 1);
         let payload = Bytes::from(format!("multicast {i}"));
         let publish = Input::Publish {

@@ -66,7 +66,7 @@ impl Tally {
     }
 
     /// Registers the `origin_seq`-th multicast of `origin`, owed to `group`.
-    pub fn expect(&mut self, origin: NodeId, origin_seq: u64, group: u32) {
+    pub fn owe(&mut self, origin: NodeId, origin_seq: u64, group: u32) {
         let index = self.seen.len();
         self.seen.push(vec![0u64; self.group_of.len().div_ceil(64)]);
         self.multicasts.insert((origin, origin_seq), (index, group));

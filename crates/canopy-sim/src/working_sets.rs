@@ -197,7 +197,7 @@ pub fn run(
         let seq = seqs.entry(origin).or_insert(0);
         *seq += 1;
         if i >= warmup_writes {
-            tally.expect(origin, *seq, write.set);
+            tally.owe(origin, *seq, write.set);
         }
         let payload = Bytes::from(format!("write {i}"));
         let publish = Input::Publish {
