@@ -2,7 +2,10 @@
 //! protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in at compile time: a build script compiled in another
+    // checkout that shares the target directory must still find this checkout's file.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let proto_dir = std::path::Path::new(&manifest_dir).join("../../proto");
     let proto_file = proto_dir.join("canopy_api.proto");
     println!("cargo:rerun-if-changed={}", proto_file.display());
     let descriptors = protox::compile([&proto_file], [&proto_dir])?;
