@@ -156,7 +156,7 @@ pub fn authorize(from: &Identity, msg: &ControlMessage, max_frame: usize) -> Res
             same_node(m.parent_id)
         }
         Body::Cull(_) => may(is_routing(role)),
-        // Only a parent says what the rest of the tree wants (the tree checks it is ours).
+        // Only a parent says which of a subtree's tags are local (the tree checks it is ours).
         Body::OutsideInterest(_) => may(is_routing(role)),
         // CA-signed, checked by the receiver; only nodes that have children pass them on.
         Body::Revocations(_) => may(is_routing(role)),

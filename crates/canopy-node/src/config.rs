@@ -274,7 +274,7 @@ pub struct TreeShapeConfig {
     pub max_clients: usize,
     pub imbalance_bound: u32,
     pub filter_fp_rate: f64,
-    /// Routers send a multicast up only when the rest of the tree wants its key.
+    /// Routers keep below them multicasts whose key nobody outside their subtree wants.
     pub upward_filters: bool,
     /// The root moves clients next to the other writers of their keys.
     pub reallocate: bool,

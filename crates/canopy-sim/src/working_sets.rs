@@ -56,7 +56,7 @@ pub struct WorkloadParams {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "tree")]
     pub topology: Topology,
-    /// Routers send a multicast up only when the rest of the tree wants it (`false`: every
+    /// Routers keep multicasts below them when nobody outside wants their key (`false`: every
     /// multicast climbs to the root, as in the seed design).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub upward_filters: bool,

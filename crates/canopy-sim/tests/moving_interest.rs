@@ -15,7 +15,7 @@ mod common;
 use common::{fast_config, ms};
 
 /// How long before and after a write a subscription must hold for the write to be owed:
-/// interest travels up and (as outside interest) down in batches of 10 ms per hop.
+/// interest travels up and (as local-tag changes) down in batches of 10 ms per hop.
 const SETTLE: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::path::Path;
 use canopy_tree::{link_memory, FilterKey, InterestFilter, KeyTag};
 use serde::Serialize;
 
-use super::plot::{LineChart, Series};
+use super::plot::{LineChart, Panel as _, Series};
 use super::{Figure, FigureOptions};
 
 const FP_RATE: f64 = 0.001;

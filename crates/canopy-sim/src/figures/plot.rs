@@ -45,12 +45,6 @@ fn bounds(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
-impl LineChart<'_> {
-    pub fn write(&self, path: &Path) -> Result<(), String> {
-        write_stacked(&[self], 560, path)
-    }
-}
-
 impl Panel for LineChart<'_> {
     fn draw(
         &self,
@@ -119,12 +113,6 @@ pub struct BarChart<'a> {
     pub categories: Vec<String>,
     /// (label, one value per category)
     pub series: Vec<(String, Vec<f64>)>,
-}
-
-impl BarChart<'_> {
-    pub fn write(&self, path: &Path) -> Result<(), String> {
-        write_stacked(&[self], 560, path)
-    }
 }
 
 impl Panel for BarChart<'_> {
@@ -199,6 +187,14 @@ pub trait Panel {
         area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
         path: &Path,
     ) -> Result<(), String>;
+
+    /// The chart alone in an SVG.
+    fn write(&self, path: &Path) -> Result<(), String>
+    where
+        Self: Sized,
+    {
+        write_stacked(&[self], 560, path)
+    }
 }
 
 /// Charts one above the other in one SVG, each `panel_height` high.

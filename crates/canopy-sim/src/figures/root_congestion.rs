@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use super::plot::{LineChart, Series};
+use super::plot::{LineChart, Panel as _, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::{self, CongestionParams, CongestionResult, Progress, Topology};
 

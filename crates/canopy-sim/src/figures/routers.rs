@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::plot::{LineChart, Series};
+use super::plot::{LineChart, Panel as _, Series};
 use super::{Figure, FigureOptions};
 use crate::congestion::{Progress, Topology};
 use crate::working_sets::{self, Allocation, WorkloadParams, WorkloadResult};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::plot::{write_stacked, BarChart};
+use super::plot::{write_stacked, BarChart, Panel as _};
 use super::{mean, Figure, FigureOptions};
 use crate::congestion::{Progress, Topology};
 use crate::tally::DeliveryCounts;

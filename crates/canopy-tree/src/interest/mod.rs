@@ -6,9 +6,9 @@
 //! links it keeps a count per tag, so a tag is advertised upward when its count leaves 0 and
 //! withdrawn only when no child and not the node itself want it any more.
 //!
-//! With upward filters the table also holds what the parent says the rest of the tree wants
-//! (see `outside`), and remembers who holds each tag, so that it can tell every router child
-//! what is wanted outside that child's subtree.
+//! With upward filters the table also holds which of the subtree's tags the parent says
+//! nobody outside wants (see `outside`), and remembers who holds each tag, so that it can
+//! tell every router child which of the child's tags are local to it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -61,9 +61,9 @@ pub struct InterestTable {
     counts: TagCounts,
     pending_add: TagSet,
     pending_remove: TagSet,
-    /// What the parent says the rest of the tree wants.
+    /// Which of this subtree's tags the parent says nobody outside wants.
     above: outside::Above,
-    /// Set on routers that tell their router children what is wanted outside them.
+    /// Set on routers that tell their router children which of their tags are local.
     track_outside: bool,
     /// How each tag changed since the children were last told was held before the change.
     dirty: HashMap<KeyTag, Holding, RandomState>,

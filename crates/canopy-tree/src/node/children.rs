@@ -27,7 +27,7 @@ pub(super) struct ChildLink {
     /// link's interest at once (nothing the child wants goes unforwarded meanwhile); the
     /// last one replaces the link's interest with the whole set.
     pub(super) pending_snapshot: Option<Vec<KeyTag>>,
-    /// A router child has been sent a snapshot of what is wanted outside it (upward
+    /// A router child has been sent a snapshot of which of its tags are local to it (upward
     /// filters); from then on it gets changes only.
     pub(super) outside_sent: bool,
 }

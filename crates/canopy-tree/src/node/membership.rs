@@ -216,7 +216,7 @@ impl Node {
         });
         self.joining = None;
         self.interest_flush_at = None;
-        // What the old parent said of the rest of the tree waits for the new one's word.
+        // What the old parent said of this subtree's tags waits for the new one's word.
         self.interest.above_reparented();
         // Epoch and root come from the root's signed grant, not from the parent.
         self.observe_epoch(placement.topology_epoch, out);
