@@ -28,6 +28,11 @@ use crate::sweep::PeerCert;
 
 /// How long an announcement waits for its connection.
 const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(10);
+/// How long an inbound connection with a renewed certificate waits for its announcement
+/// before it is taken for a new session (bounded: it holds a connection slot meanwhile).
+const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
+/// How often that wait looks for the announcement.
+const ANNOUNCEMENT_POLL: Duration = Duration::from_millis(5);
 /// How long the old connection stays open once the new one is up, for what was queued on it.
 const OLD_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 /// How long the renewing side waits for the new connection before giving up on it.
@@ -72,6 +77,13 @@ impl Announcements {
         map.insert(peer, (digest, now));
     }
 
+    /// Whether `peer` announced the certificate `der`, leaving the announcement in place.
+    fn holds(&self, peer: NodeId, der: &[u8]) -> bool {
+        self.lock().get(&peer).is_some_and(|(announced, at)| {
+            at.elapsed() < ANNOUNCEMENT_TTL && *announced == digest(der)
+        })
+    }
+
     /// Whether `peer` announced the certificate `der` (the announcement is used up).
     pub(crate) fn take(&self, peer: NodeId, der: &[u8]) -> bool {
         let mut map = self.lock();
@@ -93,24 +105,61 @@ impl Shared {
     /// this certificate on it, a certificate none of the live links already uses (so a node
     /// cannot multiply its sessions by announcing the one it has), and the same identity.
     pub(crate) fn moved_from(&self, state: &State, peer: NodeId, cert: &PeerCert) -> Vec<u64> {
-        let Some(links) = state.links.get(&peer) else {
-            return Vec::new();
-        };
-        let live: Vec<&Link> = links.iter().filter(|l| l.is_live()).collect();
-        let new_digest = digest(&cert.der);
-        let new_identity = parse_identity(&cert.der).ok();
-        let acceptable = !live.is_empty()
-            && new_identity.is_some()
-            && live.iter().all(|l| {
-                l.cert.as_ref().is_some_and(|old| {
-                    digest(&old.der) != new_digest && parse_identity(&old.der).ok() == new_identity
-                })
-            });
-        if !acceptable || !self.announcements.take(peer, &cert.der) {
+        let live = renewal_of(state, peer, cert);
+        if live.is_empty() || !self.announcements.take(peer, &cert.der) {
             return Vec::new();
         }
-        live.iter().map(|l| l.id).collect()
+        live
     }
+
+    /// Before an inbound connection from `peer` is registered: if it presents a renewed
+    /// certificate of a peer with live links and the announcement has not arrived yet, waits
+    /// for it a bounded while. The announcement travels on the old connection and the dial
+    /// on a new one, so the dial can overtake it; without the wait the move would be taken
+    /// for a new session, which ends the live link.
+    pub(crate) async fn await_announcement(&self, peer: NodeId, cert: &PeerCert) {
+        let deadline = Instant::now() + ANNOUNCEMENT_WAIT;
+        loop {
+            let waiting = {
+                let state = self.lock();
+                !renewal_of(&state, peer, cert).is_empty()
+                    && !self.announcements.holds(peer, &cert.der)
+            };
+            if !waiting {
+                return;
+            }
+            if Instant::now() >= deadline {
+                debug!(
+                    peer,
+                    "a renewed certificate came without an announcement: a new session"
+                );
+                return;
+            }
+            tokio::time::sleep(ANNOUNCEMENT_POLL).await;
+        }
+    }
+}
+
+/// The live links of `peer` that a connection presenting `cert` could move away from: all of
+/// them, if there are any, none uses this certificate, and it names the same identity.
+fn renewal_of(state: &State, peer: NodeId, cert: &PeerCert) -> Vec<u64> {
+    let Some(links) = state.links.get(&peer) else {
+        return Vec::new();
+    };
+    let live: Vec<&Link> = links.iter().filter(|l| l.is_live()).collect();
+    let new_digest = digest(&cert.der);
+    let new_identity = parse_identity(&cert.der).ok();
+    let renewal = !live.is_empty()
+        && new_identity.is_some()
+        && live.iter().all(|l| {
+            l.cert.as_ref().is_some_and(|old| {
+                digest(&old.der) != new_digest && parse_identity(&old.der).ok() == new_identity
+            })
+        });
+    if !renewal {
+        return Vec::new();
+    }
+    live.iter().map(|l| l.id).collect()
 }
 
 /// After a peer moved its link to a new connection, closes the old ones it still keeps open

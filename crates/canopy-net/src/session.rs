@@ -309,6 +309,7 @@ impl Shared {
             conn.close(CLOSE_BUSY, b"too many connections");
             return;
         };
+        self.await_announcement(peer.node_id, &cert).await;
         let (ended_tx, ended_rx) = oneshot::channel();
         let origin = Origin::Inbound { ended: ended_rx };
         self.run_link(conn, peer, cert, origin, slot, ended_tx)

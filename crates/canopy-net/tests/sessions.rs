@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration as StdDuration, SystemTime};
 
 use canopy_net::{CertRole, Credentials, NetConfig, NetEvent, CLOSE_IDENTITY};
+use canopy_proto::v1::LinkRefresh;
+use canopy_proto::{Body, ControlMessage};
 use common::*;
 use time::{Duration, OffsetDateTime};
 
@@ -148,5 +150,43 @@ async fn links_can_be_closed_by_certificate_and_report_their_remote_address() {
     );
     a.shutdown().await;
     b.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A renewing node announces its new certificate on its live link and then dials, but the two
+/// travel on different connections: the dial can win. The acceptor waits a moment for the
+/// announcement instead of taking the renewed connection for a new session (which would end
+/// the live one and break the tree in the middle of a certificate rotation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_connection_that_overtakes_its_announcement_still_moves_the_link() {
+    init_tracing();
+    let ca = ca();
+    let (server, mut rx) = bind(creds(&ca, SERVER, CertRole::Router), NetConfig::default());
+    let old_client = raw_client_with(&creds(&ca, 50, CertRole::Client));
+    let old = raw_connect(&old_client, &server).await;
+    link_up(&mut rx, 50).await;
+    let _old_stream = send_on_new_stream(&old, &heartbeat(50, 1)).await;
+    assert_eq!(message_from(&mut rx, 50, &[]).await.1, heartbeat(50, 1));
+
+    let renewed = creds(&ca, 50, CertRole::Client);
+    let digest = ring::digest::digest(&ring::digest::SHA256, renewed.chain()[0].as_ref());
+    let new_client = raw_client_with(&renewed);
+    let new = raw_connect(&new_client, &server).await;
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    let announce = ControlMessage::new(Body::LinkRefresh(LinkRefresh {
+        certificate_sha256: bytes::Bytes::copy_from_slice(digest.as_ref()),
+    }));
+    let _announce_stream = send_on_new_stream(&old, &announce).await;
+
+    let _new_stream = send_on_new_stream(&new, &heartbeat(50, 2)).await;
+    assert_eq!(message_from(&mut rx, 50, &[]).await.1, heartbeat(50, 2));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.links_moved, stats.sessions_replaced),
+        (1, 0),
+        "the renewed connection was taken for a new session: {stats:?}"
+    );
+    old_client.close(0u32.into(), b"");
+    new_client.close(0u32.into(), b"");
     server.shutdown().await;
 }

@@ -358,3 +358,23 @@ pub fn links(status: &Value) -> Vec<Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+impl Drop for Lab {
+    /// A failed test leaves every node's log behind, since the failure is often in a line
+    /// the assertion did not quote.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("canopy-lab-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        for (id, (_, log)) in &self.processes {
+            let Ok(lines) = log.lock() else { continue };
+            let text: String = lines.iter().map(|(_, line)| format!("{line}\n")).collect();
+            let _ = std::fs::write(dir.join(format!("{id}.log")), text);
+        }
+        eprintln!("node logs: {}", dir.display());
+    }
+}
