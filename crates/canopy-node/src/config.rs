@@ -273,7 +273,6 @@ pub struct TreeShapeConfig {
     pub max_child_routers: usize,
     pub max_clients: usize,
     pub imbalance_bound: u32,
-    pub filter_fp_rate: f64,
     /// Routers keep below them multicasts whose key nobody outside their subtree wants.
     pub upward_filters: bool,
     /// The root moves clients next to the other writers of their keys.
@@ -287,7 +286,6 @@ impl Default for TreeShapeConfig {
             max_child_routers: tree.max_child_routers,
             max_clients: tree.max_clients,
             imbalance_bound: tree.imbalance_bound,
-            filter_fp_rate: tree.filter_fp_rate,
             upward_filters: tree.upward_filters,
             reallocate: tree.reallocate,
         }
@@ -389,7 +387,6 @@ impl NodeConfig {
             max_child_routers: self.tree.max_child_routers,
             max_clients: self.tree.max_clients,
             imbalance_bound: self.tree.imbalance_bound,
-            filter_fp_rate: self.tree.filter_fp_rate,
             upward_filters: self.tree.upward_filters,
             reallocate: self.tree.reallocate,
             limits: self.limits.tree_limits(),
@@ -400,7 +397,6 @@ impl NodeConfig {
                 E::ZeroTimer(name) | E::TimeoutTooShort(name) | E::ZeroLimit(name) => {
                     config_key(name)
                 }
-                E::BadFpRate => "tree.filter_fp_rate",
                 E::LeaseTooLong => "raft.election_max_ms",
                 E::RootHeartbeatTooLong => "timers.root_heartbeat_ms",
             };

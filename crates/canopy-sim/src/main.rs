@@ -144,7 +144,8 @@ fn run_workload(params: &WorkloadParams, json: bool) -> anyhow::Result<std::proc
     } else {
         println!(
             "{} on a {:?} of {} routers (depth {}): per write IR_r {:.2}, IR_0 {:.2}, IR_1 {:.2}, \
-             routers {:.2}, all nodes {:.2}; delivered {}/{} (duplicates {}, unwanted {})",
+             routers {:.2}, all nodes {:.2}; delivered {}/{} (duplicates {}, unwanted {}); \
+             link interest {} entries in {} bytes ({:.1} bits each)",
             result.workload,
             result.topology,
             result.routers,
@@ -157,7 +158,10 @@ fn run_workload(params: &WorkloadParams, json: bool) -> anyhow::Result<std::proc
             d.delivered,
             d.expected,
             d.duplicates,
-            d.unwanted
+            d.unwanted,
+            result.link_interest.entries,
+            result.link_interest.bytes,
+            result.link_interest.bits_per_entry(),
         );
     }
     if !d.exact() {

@@ -117,6 +117,33 @@ pub struct WorkloadResult {
     pub sim_seconds: f64,
     /// Clients the root moved (reallocation), over the whole run.
     pub moves: u64,
+    /// What every parent keeps of its child links' interest at the end of the run.
+    pub link_interest: LinkInterestMemory,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LinkInterestMemory {
+    /// Tags held per link, summed over every link of the tree.
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl LinkInterestMemory {
+    fn of(sim: &Sim) -> Self {
+        sim.node_ids()
+            .filter_map(|id| sim.node(id))
+            .fold(Self::default(), |sum, node| {
+                let (entries, bytes) = node.child_interest_memory();
+                LinkInterestMemory {
+                    entries: sum.entries + entries as u64,
+                    bytes: sum.bytes + bytes as u64,
+                }
+            })
+    }
+
+    pub fn bits_per_entry(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.entries.max(1) as f64
+    }
 }
 
 pub fn config(params: &WorkloadParams) -> TreeConfig {
@@ -235,6 +262,7 @@ pub fn run(
         tree_depth: shape.depth,
         sim_seconds: sim.now().as_secs_f64(),
         moves: sim.reallocations(),
+        link_interest: LinkInterestMemory::of(&sim),
     })
 }
 

@@ -33,8 +33,6 @@ pub struct TreeConfig {
     /// Largest difference in direct client counts between routers that the root tolerates
     /// before it culls.
     pub imbalance_bound: u32,
-    /// False-positive rate of per-link interest filters.
-    pub filter_fp_rate: f64,
     /// Upward filters: a parent tells each router child which of its subtree's tags nobody
     /// outside wants, and the router keeps multicasts for those below it. Off, every
     /// multicast climbs to the root (the seed design).
@@ -100,7 +98,6 @@ impl Default for TreeConfig {
             max_child_routers: 4,
             max_clients: 64,
             imbalance_bound: 2,
-            filter_fp_rate: 0.001,
             upward_filters: true,
             reallocate: false,
             limits: TreeLimits::default(),
@@ -192,9 +189,6 @@ pub enum ConfigError {
     /// A leader's lease is not shorter than the followers' vote lease.
     #[error("the leader lease must be shorter than election_after")]
     LeaseTooLong,
-    /// The filter false-positive rate is outside (0, 0.5].
-    #[error("filter_fp_rate must be in (0, 0.5]")]
-    BadFpRate,
 }
 
 impl TreeConfig {
@@ -234,9 +228,6 @@ impl TreeConfig {
         }
         if self.imbalance_bound == 0 {
             return Err(ConfigError::ZeroLimit("imbalance_bound"));
-        }
-        if !(self.filter_fp_rate > 0.0 && self.filter_fp_rate <= 0.5) {
-            return Err(ConfigError::BadFpRate);
         }
         let l = &self.limits;
         if l.placement_max_age.is_zero() {

@@ -8,7 +8,7 @@
 //! same inputs always give the same outputs.
 //!
 //! This crate must not depend on tokio, any networking crate, or a clock. It depends only on
-//! the wire types of `canopy-proto`, `qfilter` for interest filters, and `rand` for the
+//! the wire types of `canopy-proto`, `qfilter` for per-link interest sets, and `rand` for the
 //! injected RNG.
 
 mod config;
@@ -20,7 +20,7 @@ mod view;
 
 pub use canopy_proto as proto;
 pub use config::{ConfigError, ReignConfig, TreeConfig, TreeLimits};
-pub use interest::{link_memory, FilterKey, InterestFilter, InterestTable, LinkMemory};
+pub use interest::{link_set_bytes, FilterKey, InterestTable};
 pub use io::{DropReason, Input, Output, RemovalReason, StepDownReason, TreeEvent};
 pub use node::{placement_grant, placement_grant_at_epoch, ChildInfo, Node, RootCandidate};
 pub use shape::{check_structure, NodeSummary, TreeShape};
@@ -84,8 +84,8 @@ impl Role {
 /// The key tag of a node's own id: every node always wants it, so "send to node X" is a
 /// multicast to `node_tag(X)`.
 pub fn node_tag(id: NodeId) -> KeyTag {
-    // splitmix64 finaliser: spreads ids over the tag space so the quotient filter's
-    // low-bit quotients stay uniform; never 0, which is the broadcast tag.
+    // splitmix64 finaliser: spreads ids over the tag space; never 0, which is the
+    // broadcast tag.
     let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

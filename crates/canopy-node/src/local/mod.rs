@@ -89,7 +89,6 @@ pub fn fast_tree_config() -> TreeConfig {
         max_child_routers: 4,
         max_clients: 16,
         imbalance_bound: 2,
-        filter_fp_rate: 0.001,
         upward_filters: true,
         reallocate: false,
         limits: Default::default(),

@@ -23,7 +23,6 @@ pub fn fast_config(max_child_routers: usize, max_clients: usize, reallocate: boo
         max_child_routers,
         max_clients,
         imbalance_bound: 2,
-        filter_fp_rate: 0.01,
         upward_filters: true,
         reallocate,
         limits: Default::default(),

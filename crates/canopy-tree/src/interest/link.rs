@@ -2,126 +2,112 @@
 
 use canopy_proto::v1::InterestDelta;
 
-use super::{FilterKey, Holder, InterestFilter, InterestTable, TagSet};
-use crate::{KeyTag, NodeId};
+use super::index_set::IndexSet;
+use super::{FilterKey, Holder, InterestTable};
+use crate::{KeyTag, NodeId, BROADCAST_TAG};
 
-/// What a parent knows of one child link's interest: the exact set (to withdraw it when
-/// the link ends) and the filter built from it (to route).
+/// What a parent knows of one child link's interest: the exact set of the table slots of the
+/// tags the child advertised (consulted to route, withdrawn when the link ends).
 #[derive(Debug, Clone)]
 pub(crate) struct LinkInterest {
-    tags: TagSet,
-    filter: InterestFilter,
+    slots: IndexSet,
     key: FilterKey,
     /// The child at the other end, as the holder of every tag it advertised.
     child: NodeId,
 }
 
 impl LinkInterest {
-    pub(crate) fn new(fp_rate: f64, key: FilterKey, child: NodeId) -> Self {
+    pub(crate) fn new(key: FilterKey, child: NodeId) -> Self {
         LinkInterest {
-            tags: TagSet::default(),
-            filter: InterestFilter::new(fp_rate, key),
+            slots: IndexSet::new(key),
             key,
             child,
         }
     }
 
-    pub(crate) fn may_contain(&self, tag: KeyTag) -> bool {
-        self.filter.may_contain(tag)
-    }
-
-    pub(crate) fn contains_exactly(&self, tag: KeyTag) -> bool {
-        self.tags.contains(&tag)
+    /// Whether the link wants `tag`, whose slot in the node's table is `slot` (`None` when
+    /// nobody in the subtree wants it). Every link wants the broadcast tag.
+    pub(crate) fn wants(&self, tag: KeyTag, slot: Option<u32>) -> bool {
+        tag == BROADCAST_TAG || slot.is_some_and(|slot| self.slots.contains(slot))
     }
 
     /// The tags the link advertised.
-    pub(crate) fn tags(&self) -> impl Iterator<Item = KeyTag> + '_ {
-        self.tags.iter().copied()
+    pub(crate) fn tags<'a>(
+        &'a self,
+        table: &'a InterestTable,
+    ) -> impl Iterator<Item = KeyTag> + 'a {
+        self.slots.iter().map(|slot| table.tag_in(slot))
     }
 
     /// Number of distinct tags the link advertised.
     pub(crate) fn len(&self) -> usize {
-        self.tags.len()
+        self.slots.len()
     }
 
-    /// Applies a delta from the child, updating the node's aggregate counts.
+    /// Bytes the link's set holds.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.slots.memory_bytes()
+    }
+
+    /// Applies a delta from the child, updating the node's aggregate counts. A removal of a
+    /// tag the child does not hold changes nothing.
     pub(crate) fn apply_delta(&mut self, delta: &InterestDelta, table: &mut InterestTable) {
         for &tag in &delta.remove {
-            if self.tags.remove(&tag) {
-                self.filter.remove(tag);
+            if table
+                .slot_of(tag)
+                .is_some_and(|slot| self.slots.remove(slot))
+            {
                 table.decrement(tag, Holder::Child(self.child));
             }
         }
         for &tag in &delta.add {
-            if self.tags.insert(tag) {
-                self.filter.insert(tag);
-                table.increment(tag, Holder::Child(self.child));
-            }
+            self.add(tag, table);
         }
     }
 
+    fn add(&mut self, tag: KeyTag, table: &mut InterestTable) {
+        if table
+            .slot_of(tag)
+            .is_some_and(|slot| self.slots.contains(slot))
+        {
+            return;
+        }
+        let slot = table.increment(tag, Holder::Child(self.child));
+        self.slots.insert(slot);
+    }
+
     /// Replaces the link's set with a snapshot.
-    pub(crate) fn replace(&mut self, tags: &[KeyTag], fp_rate: f64, table: &mut InterestTable) {
+    pub(crate) fn replace(&mut self, tags: &[KeyTag], table: &mut InterestTable) {
         self.clear(table);
-        self.filter = InterestFilter::new(fp_rate, self.key);
         for &tag in tags {
-            if self.tags.insert(tag) {
-                self.filter.insert(tag);
-                table.increment(tag, Holder::Child(self.child));
-            }
+            self.add(tag, table);
         }
     }
 
     /// Withdraws the whole set from the aggregate (the link ended).
     pub(crate) fn clear(&mut self, table: &mut InterestTable) {
-        for tag in self.tags.drain() {
-            table.decrement(tag, Holder::Child(self.child));
+        let slots: Vec<u32> = self.slots.iter().collect();
+        for slot in slots {
+            table.decrement(table.tag_in(slot), Holder::Child(self.child));
         }
+        self.slots = IndexSet::new(self.key);
     }
 }
 
-/// What one child link's interest costs its parent, by part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkMemory {
-    /// The exact tag set kept to withdraw the link's tags when it ends.
-    pub exact_set_bytes: usize,
-    /// The quotient filter consulted for every multicast.
-    pub filter_bytes: usize,
-}
-
-/// The memory a parent holds for a child link that advertised `tags`, built as a link's
-/// interest is built (one insert per tag into a resizeable filter).
-pub fn link_memory(tags: &[KeyTag], fp_rate: f64, key: FilterKey) -> LinkMemory {
-    let mut table = InterestTable::default();
-    let mut link = LinkInterest::new(fp_rate, key, 1);
-    let delta = InterestDelta {
-        add: tags.to_vec(),
-        remove: Vec::new(),
-    };
-    link.apply_delta(&delta, &mut table);
-    LinkMemory {
-        exact_set_bytes: hash_set_bytes(link.tags.capacity()),
-        filter_bytes: link.filter.memory_bytes(),
+/// The bytes a parent holds for a child link that advertised `held` tags of the `union` its
+/// subtree wants (spread evenly over the table's slots), and how many of the other slots the
+/// set wrongly claims: the link's set as built, for the filter-size figure.
+pub fn link_set_bytes(held: u32, union: u32, key: FilterKey) -> (usize, u64) {
+    let step = (union / held.max(1)).max(1);
+    let mut set = IndexSet::new(key);
+    for i in 0..held {
+        set.insert(i * step);
     }
-}
-
-/// Heap bytes of a `HashSet<u64>` of this capacity (std's swiss table: a power-of-two
-/// number of buckets at most 7/8 full, 8 bytes and one control byte each, plus one group of
-/// control bytes).
-fn hash_set_bytes(capacity: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = if capacity < 8 {
-        if capacity < 4 {
-            4
-        } else {
-            8
-        }
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    };
-    buckets * (std::mem::size_of::<KeyTag>() + 1) + 16
+    let wrong = (0..union)
+        .filter(|slot| slot % step != 0 || slot / step >= held)
+        .filter(|&slot| set.contains(slot))
+        .count();
+    (set.memory_bytes(), wrong as u64)
 }
 
 #[cfg(test)]
@@ -131,8 +117,8 @@ mod tests {
     #[test]
     fn tag_leaves_advertisement_only_when_no_child_wants_it() {
         let mut table = InterestTable::default();
-        let mut a = LinkInterest::new(0.01, FilterKey::default(), 1);
-        let mut b = LinkInterest::new(0.01, FilterKey::default(), 2);
+        let mut a = LinkInterest::new(FilterKey::default(), 1);
+        let mut b = LinkInterest::new(FilterKey::default(), 2);
         a.apply_delta(
             &InterestDelta {
                 add: vec![7],
@@ -166,13 +152,62 @@ mod tests {
     #[test]
     fn snapshot_replaces_link_set_and_withdraws_the_old_one() {
         let mut table = InterestTable::default();
-        let mut link = LinkInterest::new(0.01, FilterKey::default(), 1);
-        link.replace(&[1, 2, 3], 0.01, &mut table);
+        let mut link = LinkInterest::new(FilterKey::default(), 1);
+        link.replace(&[1, 2, 3], &mut table);
         table.take_delta();
-        link.replace(&[3, 4], 0.01, &mut table);
+        link.replace(&[3, 4], &mut table);
         let delta = table.take_delta();
         assert_eq!(delta.add, vec![4]);
         assert_eq!(delta.remove, vec![1, 2]);
-        assert!(link.may_contain(4) && link.contains_exactly(3) && !link.contains_exactly(1));
+        let wants = |tag| link.wants(tag, table.slot_of(tag));
+        assert!(wants(4) && wants(3) && !wants(1));
+    }
+
+    fn delta(add: &[KeyTag], remove: &[KeyTag]) -> InterestDelta {
+        InterestDelta {
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_child_cannot_withdraw_what_only_a_sibling_holds() {
+        let mut table = InterestTable::default();
+        let mut honest = LinkInterest::new(FilterKey::from_seed(1), 1);
+        let mut insider = LinkInterest::new(FilterKey::from_seed(1), 2);
+        let tags: Vec<KeyTag> = (1..=5_000).collect();
+        honest.apply_delta(&delta(&tags, &[]), &mut table);
+        insider.apply_delta(&delta(&[1, 2], &[]), &mut table);
+        table.take_delta();
+        // Withdrawing every tag, twice, and a few it never named: only its own two go.
+        insider.apply_delta(&delta(&[], &tags), &mut table);
+        insider.apply_delta(&delta(&[], &tags), &mut table);
+        insider.apply_delta(&delta(&[], &[u64::MAX, 0, 9_999]), &mut table);
+        assert!(!table.has_pending(), "{:?}", table.take_delta());
+        assert_eq!(insider.len(), 0);
+        assert!(tags
+            .iter()
+            .all(|&t| table.subtree_wants(t) && honest.wants(t, table.slot_of(t))));
+        let mut listed: Vec<KeyTag> = honest.tags(&table).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, tags);
+    }
+
+    #[test]
+    fn a_reused_slot_is_not_claimed_by_the_link_that_left_it() {
+        let mut table = InterestTable::default();
+        let mut a = LinkInterest::new(FilterKey::from_seed(2), 1);
+        let mut b = LinkInterest::new(FilterKey::from_seed(2), 2);
+        a.apply_delta(&delta(&[10, 11], &[]), &mut table);
+        let slot = table.slot_of(10);
+        a.apply_delta(&delta(&[], &[10]), &mut table);
+        assert_eq!(table.slot_of(10), None);
+        // The freed slot goes to the next new tag.
+        b.apply_delta(&delta(&[20], &[]), &mut table);
+        assert_eq!(table.slot_of(20), slot);
+        assert!(b.wants(20, table.slot_of(20)) && !a.wants(20, table.slot_of(20)));
+        a.clear(&mut table);
+        assert!(table.subtree_wants(20) && !table.subtree_wants(11));
+        assert_eq!(b.tags(&table).collect::<Vec<_>>(), vec![20]);
     }
 }

@@ -1,28 +1,30 @@
 //! Interest: which key tags a node and each of its child links want.
 //!
-//! Every router keeps, per child link, the exact tag set the child advertised (so it can
-//! withdraw those tags when the child goes) and a quotient filter built from it (the
-//! forwarding table consulted for every multicast). Across its own interests and all child
-//! links it keeps a count per tag, so a tag is advertised upward when its count leaves 0 and
-//! withdrawn only when no child and not the node itself want it any more.
+//! Across its own interests and all child links a node keeps one entry per tag its subtree
+//! wants: a count of holders, so a tag is advertised upward when its count leaves 0 and
+//! withdrawn only when no child and not the node itself want it any more, and a slot number.
+//! Per child link it keeps the exact set of the slot numbers the child holds (see
+//! `index_set`): the forwarding table consulted for every multicast, and what is withdrawn
+//! when the child goes.
 //!
 //! With upward filters the table also holds which of the subtree's tags the parent says
 //! nobody outside wants (see `outside`), and remembers who holds each tag, so that it can
 //! tell every router child which of the child's tags are local to it.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
-mod filter;
+mod index_set;
 mod link;
 mod outside;
 
 use canopy_proto::v1::InterestDelta;
 
-pub use filter::{FilterKey, InterestFilter};
+pub use index_set::FilterKey;
+pub use link::link_set_bytes;
 pub(crate) use link::LinkInterest;
-pub use link::{link_memory, LinkMemory};
 pub(crate) use outside::{AboveChange, Holding};
 
 use crate::{KeyTag, NodeId};
@@ -38,12 +40,14 @@ type TagCounts = HashMap<KeyTag, TagCount, RandomState>;
 
 /// Who wants a tag: how many holders (child links and the node itself), whether the node
 /// itself is one, and the XOR of the child links' ids, which names the child whenever it is
-/// the only holder. (No id stands for the node itself: any id could be a child's.)
+/// the only holder (no id stands for the node itself: any id could be a child's); and the
+/// tag's slot, the number child links hold it by.
 #[derive(Debug, Clone, Copy, Default)]
 struct TagCount {
     holders: u32,
     own: bool,
     child_ids: NodeId,
+    slot: u32,
 }
 
 /// Who starts or stops wanting a tag.
@@ -67,6 +71,10 @@ pub struct InterestTable {
     track_outside: bool,
     /// How each tag changed since the children were last told was held before the change.
     dirty: HashMap<KeyTag, Holding, RandomState>,
+    /// The tag in each slot (a free slot keeps its last tag).
+    slots: Vec<KeyTag>,
+    /// Free slots, lowest first, so that slot numbers stay as small as the table.
+    free_slots: BinaryHeap<Reverse<u32>>,
 }
 
 impl InterestTable {
@@ -78,6 +86,16 @@ impl InterestTable {
     /// The node's own subscriptions.
     pub fn own(&self) -> impl Iterator<Item = KeyTag> + '_ {
         self.own.iter().copied()
+    }
+
+    /// The slot `tag` is held by, if anyone in the subtree wants it.
+    pub(crate) fn slot_of(&self, tag: KeyTag) -> Option<u32> {
+        self.counts.get(&tag).map(|count| count.slot)
+    }
+
+    /// The tag in `slot`; only asked of slots a link holds, which are in use.
+    pub(crate) fn tag_in(&self, slot: u32) -> KeyTag {
+        self.slots[slot as usize]
     }
 
     /// Whether anyone in the subtree (the node included) wants `tag`.
@@ -113,18 +131,41 @@ impl InterestTable {
         true
     }
 
-    /// One more holder wants `tag`.
-    pub(crate) fn increment(&mut self, tag: KeyTag, holder: Holder) {
+    /// One more holder wants `tag`; returns the tag's slot.
+    pub(crate) fn increment(&mut self, tag: KeyTag, holder: Holder) -> u32 {
         self.capture(tag);
+        if !self.counts.contains_key(&tag) {
+            let slot = self.take_slot(tag);
+            self.counts.insert(
+                tag,
+                TagCount {
+                    slot,
+                    ..TagCount::default()
+                },
+            );
+        }
         let count = self.counts.entry(tag).or_default();
         count.holders += 1;
         match holder {
             Holder::Own => count.own = true,
             Holder::Child(id) => count.child_ids ^= id,
         }
+        let slot = count.slot;
         if count.holders == 1 && !self.pending_remove.remove(&tag) {
             self.pending_add.insert(tag);
         }
+        slot
+    }
+
+    fn take_slot(&mut self, tag: KeyTag) -> u32 {
+        if let Some(Reverse(slot)) = self.free_slots.pop() {
+            self.slots[slot as usize] = tag;
+            return slot;
+        }
+        // The node bounds its interest far below 2^32 tags.
+        let slot = u32::try_from(self.slots.len()).unwrap_or_else(|_| panic!("2^32 slots"));
+        self.slots.push(tag);
+        slot
     }
 
     /// `holder` no longer wants `tag`.
@@ -142,6 +183,7 @@ impl InterestTable {
             Holder::Child(id) => count.child_ids ^= id,
         }
         if count.holders == 0 {
+            self.free_slots.push(Reverse(count.slot));
             self.counts.remove(&tag);
             if !self.pending_add.remove(&tag) {
                 self.pending_remove.insert(tag);

@@ -107,7 +107,6 @@ impl Node {
         now: Time,
         out: &mut Vec<Output>,
     ) {
-        let fp_rate = self.config.filter_fp_rate;
         match self.children.get_mut(&child) {
             Some(link) if link.assignment_id > assignment_id => {
                 self.dropped(child, "adopt_child", DropReason::StaleAssignment, out);
@@ -136,7 +135,7 @@ impl Node {
                         attached: false,
                         last_heard: now,
                         subtree: SubtreeSize::default(),
-                        interest: LinkInterest::new(fp_rate, self.filter_key, child),
+                        interest: LinkInterest::new(self.filter_key, child),
                         pending_snapshot: None,
                         outside_sent: false,
                     },
@@ -162,7 +161,6 @@ impl Node {
         now: Time,
         out: &mut Vec<Output>,
     ) {
-        let fp_rate = self.config.filter_fp_rate;
         let Some(link) = self.children.get_mut(&from) else {
             self.dropped(from, "reattach", DropReason::NotANeighbour, out);
             self.tell_not_a_neighbour(from, true, out);
@@ -213,7 +211,7 @@ impl Node {
             link.pending_snapshot = Some(tags);
         } else {
             link.pending_snapshot = None;
-            link.interest.replace(&tags, fp_rate, &mut self.interest);
+            link.interest.replace(&tags, &mut self.interest);
         }
         self.schedule_interest_flush(now);
         self.check_child_bounds(from, now, out);
@@ -366,7 +364,6 @@ impl Node {
         now: Time,
         out: &mut Vec<Output>,
     ) {
-        let fp_rate = self.config.filter_fp_rate;
         let (max_tags, so_far) = match self.children.get(&from) {
             Some(link) if link.attached => (
                 self.max_tags_for(link.role),
@@ -401,7 +398,7 @@ impl Node {
             link.interest.apply_delta(&chunk, &mut self.interest);
             link.pending_snapshot = Some(whole);
         } else {
-            link.interest.replace(&whole, fp_rate, &mut self.interest);
+            link.interest.replace(&whole, &mut self.interest);
         }
         self.schedule_interest_flush(now);
         self.check_child_bounds(from, now, out);

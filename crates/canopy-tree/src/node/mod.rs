@@ -22,7 +22,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::interest::{FilterKey, InterestTable};
 use crate::io::{DropReason, Input, Output, TreeEvent};
-use crate::{node_tag, KeyTag, NodeId, ReignConfig, Role, Time, TreeConfig, TreeView};
+use crate::{
+    node_tag, KeyTag, NodeId, ReignConfig, Role, Time, TreeConfig, TreeView, BROADCAST_TAG,
+};
 
 use children::ChildLink;
 use root::RootState;
@@ -499,18 +501,30 @@ impl Node {
         self.children.len()
     }
 
-    /// Whether the link to `child` may want `tag` (its filter), or `None` if not a child.
+    /// Whether the link to `child` wants `tag` (the child advertised it, or it is the
+    /// broadcast tag), or `None` if not a child.
     pub fn child_may_want(&self, child: NodeId, tag: KeyTag) -> Option<bool> {
         self.children
             .get(&child)
-            .map(|c| c.interest.may_contain(tag))
+            .map(|c| c.interest.wants(tag, self.interest.slot_of(tag)))
     }
 
-    /// Whether `child` advertised exactly `tag`, or `None` if not a child.
+    /// What the node keeps of its child links' interest: the tags they hold, summed over
+    /// links, and the bytes their sets take.
+    pub fn child_interest_memory(&self) -> (usize, usize) {
+        self.children.values().fold((0, 0), |(entries, bytes), c| {
+            (
+                entries + c.interest.len(),
+                bytes + c.interest.memory_bytes(),
+            )
+        })
+    }
+
+    /// Whether `child` advertised `tag`, or `None` if not a child.
     pub fn child_advertised(&self, child: NodeId, tag: KeyTag) -> Option<bool> {
         self.children
             .get(&child)
-            .map(|c| c.interest.contains_exactly(tag))
+            .map(|c| tag != BROADCAST_TAG && c.interest.wants(tag, self.interest.slot_of(tag)))
     }
 
     /// The node's aggregate interest (own subscriptions plus its children's).

@@ -77,7 +77,9 @@ impl Node {
                     let Some(link) = self.children.get(&child) else {
                         continue;
                     };
-                    let tags = self.interest.local_of(child, link.interest.tags());
+                    let tags = self
+                        .interest
+                        .local_of(child, link.interest.tags(&self.interest));
                     let pieces: Vec<&[KeyTag]> = if tags.is_empty() {
                         vec![&[]]
                     } else {

@@ -84,8 +84,9 @@ impl Node {
         let up = self
             .parent()
             .filter(|&p| Some(p) != arrived_from && self.sends_up(tag));
+        let slot = self.interest.slot_of(tag);
         let down = self.children.iter().filter(|(&id, link)| {
-            link.attached && Some(id) != arrived_from && link.interest.may_contain(tag)
+            link.attached && Some(id) != arrived_from && link.interest.wants(tag, slot)
         });
         for to in up.into_iter().chain(down.map(|(&id, _)| id)) {
             out.push(Output::Send {

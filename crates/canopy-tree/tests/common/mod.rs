@@ -46,7 +46,6 @@ pub fn config() -> TreeConfig {
         max_child_routers: 2,
         max_clients: 8,
         imbalance_bound: 2,
-        filter_fp_rate: 0.0001,
         upward_filters: true,
         reallocate: false,
         limits: Default::default(),
