@@ -84,6 +84,15 @@ impl LinkInterest {
         }
     }
 
+    /// Follows the table's renumbering (`renumbered[old]` is each held slot's new number).
+    pub(crate) fn renumber(&mut self, renumbered: &[u32]) {
+        let mut slots = IndexSet::new(self.key);
+        for old in self.slots.iter() {
+            slots.insert(renumbered[old as usize]);
+        }
+        self.slots = slots;
+    }
+
     /// Withdraws the whole set from the aggregate (the link ended).
     pub(crate) fn clear(&mut self, table: &mut InterestTable) {
         let slots: Vec<u32> = self.slots.iter().collect();
@@ -209,5 +218,32 @@ mod tests {
         a.clear(&mut table);
         assert!(table.subtree_wants(20) && !table.subtree_wants(11));
         assert_eq!(b.tags(&table).collect::<Vec<_>>(), vec![20]);
+    }
+
+    #[test]
+    fn renumbering_keeps_every_link_exact_and_narrows_its_set() {
+        let mut table = InterestTable::default();
+        let mut gone = LinkInterest::new(FilterKey::from_seed(3), 1);
+        let mut kept = LinkInterest::new(FilterKey::from_seed(3), 2);
+        let many: Vec<KeyTag> = (1..=5_000).collect();
+        gone.apply_delta(&delta(&many, &[]), &mut table);
+        kept.apply_delta(&delta(&[7, 10_001, 10_002], &[]), &mut table);
+        let wide = kept.memory_bytes();
+        gone.clear(&mut table);
+        let renumbered = table.compact_slots().expect("most slots are free");
+        kept.renumber(&renumbered);
+        assert!(table.compact_slots().is_none());
+        let mut tags: Vec<KeyTag> = kept.tags(&table).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, vec![7, 10_001, 10_002]);
+        assert!([7, 10_001, 10_002]
+            .iter()
+            .all(|&t| kept.wants(t, table.slot_of(t))));
+        assert!(!kept.wants(8, table.slot_of(8)));
+        assert!(table.slot_of(7).is_some_and(|slot| slot < 3));
+        assert!(kept.memory_bytes() <= wide);
+        // New tags take the slots after the renumbered ones.
+        kept.apply_delta(&delta(&[11], &[]), &mut table);
+        assert_eq!(table.slot_of(11), Some(3));
     }
 }

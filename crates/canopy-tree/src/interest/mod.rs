@@ -18,6 +18,8 @@ use std::hash::BuildHasherDefault;
 
 mod index_set;
 mod link;
+#[cfg(test)]
+mod model_tests;
 mod outside;
 
 use canopy_proto::v1::InterestDelta;
@@ -49,6 +51,10 @@ struct TagCount {
     child_ids: NodeId,
     slot: u32,
 }
+
+/// Free slots the table keeps beyond half of them before it renumbers (small tables never
+/// bother).
+const COMPACT_ABOVE_FREE: usize = 1024;
 
 /// Who starts or stops wanting a tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +161,32 @@ impl InterestTable {
             self.pending_add.insert(tag);
         }
         slot
+    }
+
+    /// Renumbers the slots densely once most of them are free (what a departed child held
+    /// would otherwise keep every link's slot numbers, and so its set's fingerprints, wide).
+    /// Returns, indexed by old slot, each slot's new number (`u32::MAX` for a free one); every
+    /// link set must then be renumbered with it. The withdrawals that freed the slots pay for
+    /// the work.
+    pub(crate) fn compact_slots(&mut self) -> Option<Vec<u32>> {
+        if self.slots.len() <= 2 * self.counts.len() + COMPACT_ABOVE_FREE {
+            return None;
+        }
+        let mut held: Vec<(u32, KeyTag)> =
+            self.counts.iter().map(|(&tag, c)| (c.slot, tag)).collect();
+        held.sort_unstable();
+        let mut renumbered = vec![u32::MAX; self.slots.len()];
+        self.slots = Vec::with_capacity(held.len());
+        for (old, tag) in held {
+            let new = self.slots.len() as u32;
+            renumbered[old as usize] = new;
+            self.slots.push(tag);
+            if let Some(count) = self.counts.get_mut(&tag) {
+                count.slot = new;
+            }
+        }
+        self.free_slots = BinaryHeap::new();
+        Some(renumbered)
     }
 
     fn take_slot(&mut self, tag: KeyTag) -> u32 {

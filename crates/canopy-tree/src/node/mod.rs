@@ -364,6 +364,11 @@ impl Node {
     }
 
     fn schedule_interest_flush(&mut self, now: Time) {
+        if let Some(renumbered) = self.interest.compact_slots() {
+            for link in self.children.values_mut() {
+                link.interest.renumber(&renumbered);
+            }
+        }
         if self.interest_flush_at.is_none()
             && (self.interest.has_pending() || self.outside_work_pending())
         {
