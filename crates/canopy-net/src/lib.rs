@@ -79,6 +79,7 @@ pub use config::{
 pub use crl::{RevocationList, RevocationSet};
 pub use crl_issue::{RevocationReason, RevokedSerial};
 pub use endpoint::{EncodedFrame, NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
+pub use refresh::ANNOUNCEMENT_WAIT;
 pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
 pub use link::{

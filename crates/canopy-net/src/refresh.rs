@@ -30,7 +30,7 @@ use crate::sweep::PeerCert;
 const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(10);
 /// How long an inbound connection with a renewed certificate waits for its announcement
 /// before it is taken for a new session (bounded: it holds a connection slot meanwhile).
-const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
+pub const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
 /// How often that wait looks for the announcement.
 const ANNOUNCEMENT_POLL: Duration = Duration::from_millis(5);
 /// How long the old connection stays open once the new one is up, for what was queued on it.

@@ -61,6 +61,17 @@ pub struct NodeConfig {
     /// The replica of the key-value store (client nodes).
     #[serde(default)]
     pub kv: KvConfig,
+    /// Prometheus metrics over HTTP.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Where a node serves its Prometheus metrics (`GET /metrics`); none by default. Bind it to
+/// loopback or a management network: the metrics are not authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// Where a client node serves its application API.

@@ -8,7 +8,8 @@
 //! it serves as root while it leads, and commits the tree's structural decisions through
 //! Raft before acting on them. A client with group keys runs a replica task (`kv`) that
 //! drives the sans-IO `canopy-kv` replica from the node's deliveries and topology changes and
-//! answers the application API (`canopy-api`). It must not depend on the simulator.
+//! answers the application API (`canopy-api`). `metrics` serves Prometheus metrics over HTTP.
+//! It must not depend on the simulator.
 
 pub mod admin;
 mod authorize;
@@ -18,6 +19,7 @@ mod grants;
 pub mod kv;
 pub mod limits;
 pub mod local;
+pub mod metrics;
 pub mod reload;
 mod revocations;
 mod runtime;
@@ -25,8 +27,8 @@ mod tags;
 
 pub use authorize::{authorize, Refusal};
 pub use config::{
-    default_api_socket, ApiConfig, ConfigError, KvConfig, NodeConfig, RaftConfig, RaftProfile,
-    RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
+    default_api_socket, ApiConfig, ConfigError, KvConfig, MetricsConfig, NodeConfig, RaftConfig,
+    RaftProfile, RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
 };
 pub use runtime::{
     spawn_candidate, spawn_node, Delivery, MulticastTamper, NodeCounters, NodeHandle, NodeStatus,

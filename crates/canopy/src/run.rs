@@ -1,4 +1,5 @@
-//! `canopy run`: one node from a configuration file, until Ctrl-C.
+//! `canopy run`: one node from a configuration file, until Ctrl-C or SIGTERM (either leaves
+//! the tree gracefully).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use canopy_net::{CertRole, Credentials, NetConfig, NetEndpoint};
 use canopy_node::kv::{replica_config, spawn_kv, KvNode, NodeApi, NodeCredentials};
+use canopy_node::metrics::MetricsSources;
 use canopy_node::{spawn_candidate, spawn_node, Delivery, NodeConfig, NodeHandle};
 use canopy_raft::{GroupConfig, RootGroup};
 use canopy_tree::RootCandidate;
@@ -81,6 +83,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let authority = endpoint.authority().clone();
+    let mut metrics_group = None;
     let (handle, deliveries) = if identity.role == CertRole::RootCandidate {
         let timers = config.raft.timers().map_err(|(key, message)| {
             anyhow::anyhow!("{}: {key}: {message}", config_path.display())
@@ -107,8 +110,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             let members = roots.iter().map(|r| (r.id, r.address.clone())).collect();
             group.initialize(members).await?;
         }
+        metrics_group = Some(group.clone());
         spawn_candidate(
-            endpoint,
+            endpoint.clone(),
             events,
             tree,
             roots,
@@ -118,7 +122,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         )?
     } else {
         spawn_node(
-            endpoint,
+            endpoint.clone(),
             events,
             tree,
             roots,
@@ -161,6 +165,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         listen = %handle.address(),
         "node running"
     );
+    let _metrics = match config.metrics.listen {
+        Some(listen) => {
+            let sources = MetricsSources {
+                node: handle.clone(),
+                net: endpoint,
+                group: metrics_group,
+            };
+            let (address, task) = canopy_node::metrics::serve(listen, sources)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{}: metrics.listen: binding {listen}",
+                        config_path.display()
+                    )
+                })?;
+            info!(%address, "serving metrics at /metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let api = serve_api(&config, &handle, identity.role, kv.clone());
     let replica_ended = async {
         match &kv {
@@ -225,7 +249,7 @@ async fn drain(deliveries: Option<&mut tokio::sync::mpsc::Receiver<Delivery>>) {
 /// A seed for the node's placement tie-breaking; it need not be secret, only differ
 /// between nodes and runs.
 /// The node's seed: OS randomness (std's `RandomState` keys) mixed with the clock. It also
-/// keys the node's filter hashing, so peers must not be able to guess it.
+/// keys the permutation of its link sets' slot numbers, so peers must not be able to guess it.
 fn seed_from_clock() -> u64 {
     use std::hash::BuildHasher;
     let nanos = std::time::SystemTime::now()

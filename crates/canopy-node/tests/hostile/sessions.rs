@@ -43,7 +43,10 @@ async fn a_copied_certificate_never_shares_a_session_silently() {
     let before = tree.cluster.node(parent).unwrap().handle.net_stats();
     let copy = Rogue::new(&tree, victim, CertRole::Client);
     copy.send(parent, parent_addr, heartbeat(victim));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The copy's certificate is another one for the same identity: the parent first waits
+    // for an announcement that it moves its link (none comes), then replaces the session.
+    let replaced_within = canopy_net::ANNOUNCEMENT_WAIT + Duration::from_millis(500);
+    tokio::time::sleep(replaced_within).await;
     let after = tree.cluster.node(parent).unwrap().handle.net_stats();
     assert!(
         after.sessions_replaced > before.sessions_replaced,
@@ -57,7 +60,7 @@ async fn a_copied_certificate_never_shares_a_session_silently() {
     let before = tree.cluster.node(root).unwrap().handle.net_stats();
     let copy = Rogue::new(&tree, router, CertRole::Router);
     copy.send(root, tree.address(root), heartbeat(router));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(replaced_within).await;
     let after = tree.cluster.node(root).unwrap().handle.net_stats();
     assert!(
         after.sessions_replaced > before.sessions_replaced,
