@@ -79,13 +79,13 @@ pub use config::{
 pub use crl::{RevocationList, RevocationSet};
 pub use crl_issue::{RevocationReason, RevokedSerial};
 pub use endpoint::{EncodedFrame, NetEndpoint, SIMULTANEOUS_DIAL_WINDOW};
-pub use refresh::ANNOUNCEMENT_WAIT;
 pub use events::NetEvents;
 pub use identity::{server_name_for, CertRole, Identity, NodeId, UnknownRole};
 pub use link::{
     CLOSE_BUSY, CLOSE_IDENTITY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_QUEUE_FULL, CONTROL_PRIORITY,
     MAX_STREAMS_PER_LINK,
 };
+pub use refresh::ANNOUNCEMENT_WAIT;
 pub use reload::{LinkCertificate, TrustUpdate};
 pub use stats::NetStats;
 pub use sweep::PeerCert;
