@@ -64,6 +64,10 @@ pub struct NetConfig {
     pub keep_alive: Duration,
     /// QUIC idle timeout: a peer silent this long is gone.
     pub idle_timeout: Duration,
+    /// Addresses this node reaches through another one: a dial to a key goes to its value
+    /// (a NAT's public side, or a relay that emulates a WAN). The peer's identity is checked
+    /// as always, so a wrong entry only fails to connect.
+    pub dial_via: std::sync::Arc<std::collections::HashMap<SocketAddr, SocketAddr>>,
 }
 
 impl Default for NetConfig {
@@ -83,6 +87,7 @@ impl Default for NetConfig {
             ban_after_violation: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            dial_via: Default::default(),
         }
     }
 }

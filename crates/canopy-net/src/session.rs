@@ -458,6 +458,7 @@ async fn connect(
     addr: SocketAddr,
 ) -> Result<(Connection, Identity, PeerCert), DialFailure> {
     let cluster = &shared.identity.cluster;
+    let addr = shared.config.dial_via.get(&addr).copied().unwrap_or(addr);
     let conn = shared
         .endpoint
         .connect(addr, &server_name_for(cluster, peer))

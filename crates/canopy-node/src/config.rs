@@ -64,6 +64,18 @@ pub struct NodeConfig {
     /// Prometheus metrics over HTTP.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Peers' addresses this node reaches through another address (`[[dial_via]] to = ...,
+    /// via = ...`): a NAT's public side, or a relay that emulates a WAN.
+    #[serde(default)]
+    pub dial_via: Vec<DialVia>,
+}
+
+/// Dials to `to` go to `via` instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialVia {
+    pub to: SocketAddr,
+    pub via: SocketAddr,
 }
 
 /// Where a node serves its Prometheus metrics (`GET /metrics`); none by default. Bind it to

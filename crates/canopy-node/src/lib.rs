@@ -27,8 +27,8 @@ mod tags;
 
 pub use authorize::{authorize, Refusal};
 pub use config::{
-    default_api_socket, ApiConfig, ConfigError, KvConfig, MetricsConfig, NodeConfig, RaftConfig,
-    RaftProfile, RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
+    default_api_socket, ApiConfig, ConfigError, DialVia, KvConfig, MetricsConfig, NodeConfig,
+    RaftConfig, RaftProfile, RootCandidateConfig, TimerConfig, TlsConfig, TreeShapeConfig,
 };
 pub use runtime::{
     spawn_candidate, spawn_node, Delivery, MulticastTamper, NodeCounters, NodeHandle, NodeStatus,

@@ -148,6 +148,12 @@ pub fn render(
     );
     gauge(
         &mut registry,
+        "parent",
+        "The node's parent (0: none)",
+        status.parent.unwrap_or(0),
+    );
+    gauge(
+        &mut registry,
         "serving_root",
         "1 while the node serves as root",
         status.serving_root.into(),

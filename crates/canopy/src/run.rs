@@ -32,6 +32,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         max_frame_len: config.max_frame_bytes,
         // Live links are re-checked (certificate expiry) once per heartbeat.
         recheck_interval: tree.heartbeat_interval,
+        dial_via: std::sync::Arc::new(config.dial_via.iter().map(|d| (d.to, d.via)).collect()),
         ..NetConfig::default()
     });
     let files = config.tls.files();

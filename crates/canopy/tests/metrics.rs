@@ -138,6 +138,7 @@ fn a_running_node_serves_metrics_and_sigterm_leaves_the_tree() {
     // A client has no Raft group, asked to join at least once, and counts its heartbeats.
     assert!(!client_view.contains_key("canopy_raft_term"));
     assert!(value(&client_view, "canopy_join_requests_total") >= 1.0);
+    assert_eq!(value(&client_view, "canopy_parent"), 1.0);
     assert!(value(&client_view, "canopy_control_sent_total") >= 1.0);
     let reasons: Vec<&str> = client_view["canopy_rejections_total"]
         .iter()

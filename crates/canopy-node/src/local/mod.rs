@@ -22,7 +22,7 @@ mod kv;
 mod relay;
 mod storm;
 
-pub use relay::UdpRelay;
+pub use relay::{LinkShape, UdpRelay};
 
 pub use kv::LocalKvClient;
 
