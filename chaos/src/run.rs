@@ -135,7 +135,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let observed = load.finish();
-    let observed = observed.lock().unwrap_or_else(|p| p.into_inner());
+    let observed = std::mem::take(&mut *observed.lock().unwrap_or_else(|p| p.into_inner()));
     let duplicates: usize = observed
         .seen
         .values()

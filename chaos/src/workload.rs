@@ -3,7 +3,7 @@
 //! each write reached it. After the run, every live replica is read back.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ impl Load {
     }
 }
 
-async fn client(socket: &PathBuf) -> Option<KvClient<Channel>> {
+async fn client(socket: &Path) -> Option<KvClient<Channel>> {
     canopy_api::connect(socket).await.ok()
 }
 
@@ -120,7 +120,7 @@ async fn writer(
         let sent = started.elapsed();
         let put = PutRequest {
             key: key.clone(),
-            value: value.clone().into(),
+            value: value.clone(),
         };
         let outcome = tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await;
         let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,7 +170,7 @@ async fn watcher(
 
 /// Every `w/` entry of the replica behind `socket` (key to value), or why not.
 pub async fn read_replica(
-    socket: &PathBuf,
+    socket: &Path,
     acked: &[Acked],
 ) -> Result<HashMap<String, Vec<u8>>, String> {
     let mut kv = client(socket).await.ok_or("the API did not answer")?;
