@@ -73,8 +73,9 @@ fn entries(view: &TreeView) -> BTreeMap<NodeId, ViewEntry> {
 /// Every placement decision the root can take with this view, for a fresh joiner and for
 /// each node already in the view (whose own subtree and current parent are excluded).
 fn placements(view: &TreeView) -> Vec<(NodeId, &'static str, NodeId)> {
-    let mut out = vec![(FRESH, "router", view.place_router(FRESH, None))];
+    let mut out = Vec::new();
     for region in REGIONS.iter().chain(&["nowhere"]) {
+        out.push((FRESH, "router", view.place_router(FRESH, region, None)));
         out.push((FRESH, region, view.place_client(FRESH, region, None)));
     }
     let mut ids: Vec<NodeId> = view.iter().map(|(id, _)| id).collect();
@@ -86,8 +87,12 @@ fn placements(view: &TreeView) -> Vec<(NodeId, &'static str, NodeId)> {
             .find(|r| **r == entry.region)
             .copied()
             .unwrap_or("nowhere");
-        out.push((id, "router", view.place_router(id, None)));
-        out.push((id, "router-retry", view.place_router(id, entry.parent)));
+        out.push((id, "router", view.place_router(id, &entry.region, None)));
+        out.push((
+            id,
+            "router-retry",
+            view.place_router(id, &entry.region, entry.parent),
+        ));
         out.push((id, region, view.place_client(id, &entry.region, None)));
         out.push((
             id,
@@ -150,7 +155,7 @@ fn check_replication(leader: &TreeView, log: &[ViewChange], now: Time) {
     // tried with the next decisions a root would take.
     let mut leader = leader.clone();
     let mut caught_up = rebuilt;
-    let parent = leader.place_router(FRESH, None);
+    let parent = leader.place_router(FRESH, REGIONS[2], None);
     let next = ViewChange::Assign {
         node: FRESH,
         role: Role::Router,
@@ -242,7 +247,7 @@ impl Leader {
         let parent = if in_place {
             self.view.root()
         } else if role.is_router() {
-            self.view.place_router(node, exclude)
+            self.view.place_router(node, region, exclude)
         } else {
             self.view.place_client(node, region, exclude)
         };
@@ -476,9 +481,11 @@ fn new_root_takes_over_the_old_roots_children_and_bumps_the_epoch() {
     let root_entry = before.get(1).expect("root").clone();
     let new_address = candidate_address(2);
 
+    // A candidate of the old root's region: routers prefer slots of their own region, so a
+    // root of another region would change where they go.
     view.apply(&ViewChange::NewRoot {
         root: 2,
-        region: "us".to_owned(),
+        region: root_entry.region.clone(),
         address: new_address.clone(),
     });
 
@@ -493,7 +500,7 @@ fn new_root_takes_over_the_old_roots_children_and_bumps_the_epoch() {
     assert_eq!(root.depth, 0);
     assert_eq!(
         (root.region.as_str(), root.address.as_str()),
-        ("us", new_address.as_str())
+        (root_entry.region.as_str(), new_address.as_str())
     );
     assert_eq!(root.children().collect::<Vec<_>>(), old_children);
     assert_eq!(root.child_routers, root_entry.child_routers);

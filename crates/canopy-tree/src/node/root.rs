@@ -191,7 +191,7 @@ impl Node {
         let parent = match role {
             _ if in_place => self.id,
             Role::Client => root.view.place_client(from, &request.region, exclude),
-            _ => root.view.place_router(from, exclude),
+            _ => root.view.place_router(from, &request.region, exclude),
         };
         let placement = Placement {
             node: from,

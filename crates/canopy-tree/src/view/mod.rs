@@ -169,13 +169,21 @@ impl TreeView {
         false
     }
 
-    /// Where a joining router goes: the shallowest attached router with room for another
-    /// child router (ties broken by the random salt), never inside its own subtree.
-    pub fn place_router(&self, joiner: NodeId, exclude: Option<NodeId>) -> NodeId {
-        self.router_slots
-            .iter()
-            .map(|&(_, _, id)| id)
-            .find(|&id| Some(id) != exclude && !self.is_ancestor_or_self(joiner, id))
+    /// Where a joining router goes: the shallowest attached router of its own region with
+    /// room for another child router, so that a region's routers form a subtree of their
+    /// own; else the shallowest with room anywhere (ties broken by the random salt); never
+    /// inside its own subtree. (The first pass stops at the first slot of the region; a
+    /// region with no slot costs one pass over the slots.)
+    pub fn place_router(&self, joiner: NodeId, region: &str, exclude: Option<NodeId>) -> NodeId {
+        let slots = || {
+            self.router_slots
+                .iter()
+                .map(|&(_, _, id)| id)
+                .filter(move |&id| Some(id) != exclude && !self.is_ancestor_or_self(joiner, id))
+        };
+        slots()
+            .find(|id| self.nodes.get(id).is_some_and(|e| e.region == region))
+            .or_else(|| slots().next())
             .unwrap_or(self.root)
     }
 

@@ -306,10 +306,15 @@ impl Net {
 
     /// Adds a node without starting it.
     pub fn add(&mut self, id: NodeId, role: Role, seed: u64) {
+        self.add_in(id, role, REGION, seed);
+    }
+
+    /// Adds a node of `region` without starting it.
+    pub fn add_in(&mut self, id: NodeId, role: Role, region: &str, seed: u64) {
         let node = Node::new(
             id,
             role,
-            REGION,
+            region,
             "",
             Arc::clone(&self.config),
             Arc::clone(&self.roots),
@@ -325,6 +330,14 @@ impl Net {
     pub fn start(&mut self, id: NodeId, role: Role) -> Vec<Output> {
         self.add(id, role, id);
         self.input(id, Input::Start)
+    }
+
+    /// Adds and starts a node of `region`, then delivers everything until the wire is quiet.
+    pub fn join_in(&mut self, id: NodeId, role: Role, region: &str) {
+        self.add_in(id, role, region, id);
+        self.input(id, Input::Start);
+        self.run();
+        assert!(self.node(id).parent().is_some(), "node {id} did not attach");
     }
 
     /// Adds and starts a node, then delivers everything until the wire is quiet.
