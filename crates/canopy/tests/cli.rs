@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{canopy, free_port, issue, node_config, ok, Running};
+use common::{canopy, free_port, issue, node_config, ok, root_and_client, Running};
 
 fn write_config(dir: &Path, id: u64, port: u16, root_port: u16) -> std::path::PathBuf {
     node_config(dir, id, port, root_port, "")
@@ -37,29 +37,8 @@ fn certs_and_two_processes_form_a_tree() {
     let root_port = free_port();
     let root_config = write_config(dir.path(), 1, root_port, root_port);
     let client_config = write_config(dir.path(), 10_000, free_port(), root_port);
-    let _root = Running(
-        canopy()
-            .args(["run", "--config", root_config.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut client = canopy()
-        .args(["run", "--config", client_config.to_str().unwrap()])
-        .env("CANOPY_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = client.stderr.take().unwrap();
+    let (_root, client, rx) = root_and_client(&root_config, &client_config);
     let _client = Running(client);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let attached = loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) if line.contains("attached to parent") => break line,

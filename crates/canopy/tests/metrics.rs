@@ -2,15 +2,13 @@
 //! Prometheus text parser; and SIGTERM, which service managers send, leaves the tree.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{canopy, free_port, issue, node_config, ok, Running};
+use common::{canopy, free_port, issue, node_config, ok, root_and_client, Running};
 
 /// `GET path` on `port`: the status code and the body.
 fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
@@ -95,28 +93,9 @@ fn a_running_node_serves_metrics_and_sigterm_leaves_the_tree() {
         root_port,
         &metrics(client_metrics),
     );
-    let _root = Running(
-        canopy()
-            .args(["run", "--config", root_config.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut client = canopy()
-        .args(["run", "--config", client_config.to_str().unwrap()])
-        .env("CANOPY_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = client.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (_root, client, lines) = root_and_client(&root_config, &client_config);
+    // Killed if the test fails before it exits.
+    let mut client = Running(client);
 
     let client_view = scrape_until(client_metrics, "the client attached", |s| {
         s.get("canopy_attached").is_some_and(|v| v[0].1 == 1.0)
@@ -151,11 +130,11 @@ fn a_running_node_serves_metrics_and_sigterm_leaves_the_tree() {
     assert_eq!(get(client_metrics, "/").unwrap().0, 404);
 
     // SIGTERM: the client says goodbye, exits cleanly, and its parent drops it at once.
-    let pid = client.id().to_string();
+    let pid = client.0.id().to_string();
     ok(std::process::Command::new("kill").args(["-TERM", &pid]));
     let exited = (0..100).find_map(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        client.try_wait().unwrap()
+        client.0.try_wait().unwrap()
     });
     let status = exited.expect("the client did not exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");

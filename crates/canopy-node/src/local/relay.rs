@@ -279,16 +279,22 @@ async fn deliver_back(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn datagrams_cross_both_ways_delayed_and_in_order() {
+    /// A UDP socket that sends every datagram back to its sender; returns its address.
+    async fn echo_server() -> SocketAddr {
         let echo = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let echo_addr = echo.local_addr().expect("addr");
+        let address = echo.local_addr().expect("addr");
         tokio::spawn(async move {
             let mut buf = [0u8; 64];
             while let Ok((len, from)) = echo.recv_from(&mut buf).await {
                 let _ = echo.send_to(&buf[..len], from).await;
             }
         });
+        address
+    }
+
+    #[tokio::test]
+    async fn datagrams_cross_both_ways_delayed_and_in_order() {
+        let echo_addr = echo_server().await;
         let one_way = Duration::from_millis(40);
         let relay = UdpRelay::start(echo_addr, one_way).await.expect("relay");
         assert_eq!(relay.target(), echo_addr);
@@ -322,14 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_link_drops_everything_until_healed() {
-        let echo = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let echo_addr = echo.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            while let Ok((len, from)) = echo.recv_from(&mut buf).await {
-                let _ = echo.send_to(&buf[..len], from).await;
-            }
-        });
+        let echo_addr = echo_server().await;
         let there = LinkShape::new(Duration::from_millis(5), Duration::from_millis(5), 0.0, 0);
         let back = LinkShape::new(Duration::from_millis(5), Duration::ZERO, 0.0, 0);
         let relay = UdpRelay::shaped(echo_addr, there.clone(), back)

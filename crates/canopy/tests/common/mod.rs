@@ -88,3 +88,41 @@ join_timeout_ms = 400
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A root candidate and a client as `canopy run` processes: the root's output is dropped,
+/// the client's stderr (CANOPY_LOG=info) arrives line by line on the receiver.
+pub fn root_and_client(
+    root_config: &Path,
+    client_config: &Path,
+) -> (
+    Running,
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let root = Running(
+        canopy()
+            .args(["run", "--config", root_config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut client = canopy()
+        .args(["run", "--config", client_config.to_str().unwrap()])
+        .env("CANOPY_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = client.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (root, client, rx)
+}
