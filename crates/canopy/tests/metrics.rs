@@ -143,7 +143,9 @@ fn a_running_node_serves_metrics_and_sigterm_leaves_the_tree() {
         log.iter().any(|l| l.contains("leaving the tree")),
         "{log:#?}"
     );
-    scrape_until(root_metrics, "the root dropped its child", |s| {
+    let root_after = scrape_until(root_metrics, "the root dropped its child", |s| {
         s.get("canopy_children").is_some_and(|v| v[0].1 == 0.0)
     });
+    // Dropped for its goodbye, not for falling silent.
+    assert_eq!(value(&root_after, "canopy_heartbeat_timeouts_total"), 0.0);
 }
