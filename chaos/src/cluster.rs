@@ -250,6 +250,15 @@ impl Cluster {
         self.kill(id)
     }
 
+    /// A new key and certificate for node `id` (`canopy certs rotate`); the node picks the
+    /// files up within its reload interval.
+    pub fn rotate_certificate(&self, id: u64) -> anyhow::Result<()> {
+        run(Command::new(&self.canopy)
+            .args(["certs", "rotate", "--dir"])
+            .arg(self.root.join("certs"))
+            .args(["--id", &id.to_string()]))
+    }
+
     /// SIGSTOP (`stop`) or SIGCONT.
     pub fn pause(&mut self, id: u64, stop: bool) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;

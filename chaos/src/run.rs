@@ -14,7 +14,7 @@ use crate::probe::{scrape, Metrics};
 use crate::report::{FaultRecord, NodeCounts, Report};
 use crate::scenario::{FaultKind, FaultSpec, Scenario};
 use crate::wan::Wan;
-use crate::workload::{read_replica, Load};
+use crate::workload::{flood, read_replica, Load};
 
 /// How often the root watch samples every candidate.
 const ROOT_SAMPLE: Duration = Duration::from_millis(50);
@@ -80,7 +80,7 @@ pub async fn run(
     let mut faults = Vec::new();
     for spec in &scenario.faults {
         for round in 0..spec.repeat {
-            let record = inject(&mut cluster, &wan, spec, started).await?;
+            let record = inject(&mut cluster, &wan, &load, spec, started).await?;
             progress(&format!(
                 "{:?} {}/{}: node {}, failover {} ms, reconverged {} ms",
                 spec.kind,
@@ -201,6 +201,7 @@ fn disagreements(replicas: &[std::collections::HashMap<String, Vec<u8>>]) -> usi
 async fn inject(
     cluster: &mut Cluster,
     wan: &Wan,
+    load: &Load,
     spec: &FaultSpec,
     started: Instant,
 ) -> anyhow::Result<FaultRecord> {
@@ -263,6 +264,25 @@ async fn inject(
                 .await?;
             }
             0
+        }
+        FaultKind::RotateCertificates => {
+            let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+            for id in ids {
+                cluster.rotate_certificate(id)?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            0
+        }
+        FaultKind::Flood => {
+            let writer = cluster.ids(Role::Client)[0];
+            let socket = cluster
+                .node(writer)
+                .context("the flooding client")?
+                .api_socket
+                .clone();
+            let duration = Duration::from_millis(spec.duration_ms);
+            flood(writer, &socket, duration, started, load.observed.clone()).await;
+            writer
         }
         FaultKind::Partition => {
             let region = spec.region.as_deref().unwrap_or_default();

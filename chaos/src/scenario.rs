@@ -122,6 +122,12 @@ pub enum FaultKind {
     RollingRestart,
     /// Cut `region` off from every other region for `duration_ms`, then heal.
     Partition,
+    /// `canopy certs rotate` every node's certificate in turn (nodes reload their files and
+    /// move their live links to the new certificate).
+    RotateCertificates,
+    /// One writer puts as fast as its node answers (8 at a time) for `duration_ms`, on top
+    /// of the load; every write it has acknowledged is owed like the others.
+    Flood,
 }
 
 fn one() -> usize {

@@ -168,6 +168,60 @@ async fn watcher(
     }
 }
 
+/// Puts as fast as `socket`'s node answers, `concurrency` at a time, for `duration`; the
+/// acknowledged writes join the owed ones.
+pub async fn flood(
+    id: u64,
+    socket: &Path,
+    duration: Duration,
+    started: Instant,
+    observed: Arc<Mutex<Observed>>,
+) -> u64 {
+    const CONCURRENCY: u64 = 8;
+    let until = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for lane in 0..CONCURRENCY {
+        let socket = socket.to_path_buf();
+        let observed = observed.clone();
+        tasks.push(tokio::spawn(async move {
+            let Some(mut kv) = client(&socket).await else {
+                return 0u64;
+            };
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let key = format!("w/{id}/flood-{lane}-{n:08}");
+                let value = format!("{id}:flood:{lane}:{n}").into_bytes();
+                let sent = started.elapsed();
+                let put = PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                let acked = matches!(
+                    tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await,
+                    Ok(Ok(_))
+                );
+                let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
+                if acked {
+                    seen.acked.push(Acked {
+                        key,
+                        value,
+                        at: sent,
+                    });
+                } else {
+                    seen.failed_puts += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap_or(0);
+    }
+    sent
+}
+
 /// Every `w/` entry of the replica behind `socket` (key to value), or why not.
 pub async fn read_replica(
     socket: &Path,
