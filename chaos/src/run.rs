@@ -330,26 +330,32 @@ fn serving_roots(cluster: &Cluster, snapshot: &BTreeMap<u64, Metrics>) -> usize 
         .count()
 }
 
-/// One root serves, and every running node answers and has a running parent (or is a
-/// candidate: followers have no parent).
+/// One root serves; every running node answers and has a running parent (candidates that
+/// do not serve have none); and each running node has exactly as many children as running
+/// nodes name it their parent, so a restarted parent that its old children still name, but
+/// no longer knows, does not pass.
 fn whole(cluster: &Cluster, snapshot: &BTreeMap<u64, Metrics>) -> bool {
-    let running: Vec<u64> = cluster
+    let running: Vec<&crate::cluster::Node> = cluster
         .nodes
         .iter()
         .filter(|n| n.is_running() && !n.paused)
-        .map(|n| n.id)
         .collect();
-    serving_roots(cluster, snapshot) == 1
-        && cluster
-            .nodes
-            .iter()
-            .filter(|n| n.is_running() && !n.paused && n.role != Role::Candidate)
-            .all(|n| {
-                snapshot.get(&n.id).is_some_and(|m| {
-                    let parent = m.get("canopy_parent") as u64;
-                    running.contains(&parent)
-                })
-            })
+    if serving_roots(cluster, snapshot) != 1
+        || running.iter().any(|n| !snapshot.contains_key(&n.id))
+    {
+        return false;
+    }
+    let mut claimed: BTreeMap<u64, u64> = BTreeMap::new();
+    for node in running.iter().filter(|n| n.role != Role::Candidate) {
+        let parent = snapshot[&node.id].get("canopy_parent") as u64;
+        if !running.iter().any(|n| n.id == parent) {
+            return false;
+        }
+        *claimed.entry(parent).or_default() += 1;
+    }
+    running.iter().all(|n| {
+        snapshot[&n.id].get("canopy_children") as u64 == claimed.get(&n.id).copied().unwrap_or(0)
+    })
 }
 
 /// Polls every node's metrics until `done` holds; returns how long it took.
