@@ -1,6 +1,6 @@
 //! The cluster under test: certificates, group keys and one configuration per node in a
 //! scratch directory, and the `canopy run` processes, each on an address of its own in
-//! 127.0.0.0/8. Every process is killed when the cluster is dropped, and dies with the
+//! 127.0.0.0/8 (127.B.R.K: B picked per run, R the region, K the node). Every process is killed when the cluster is dropped, and dies with the
 //! harness if the harness is killed (`PR_SET_PDEATHSIG`).
 
 use std::fmt::Write as _;
@@ -89,10 +89,13 @@ impl Cluster {
             .arg(dir.path().join("group.keys")))?;
         let mut nodes = Vec::new();
         let (mut candidate_id, mut router_id, mut client_id) = (1u64, 100u64, 1000u64);
+        // A block of 127.0.0.0/8 of this run's own, so that two runs at once (two checkouts,
+        // a CI job and a developer) do not fight over the same addresses.
+        let block = 16 + (std::process::id() % 200) as u8;
         for (r, region) in scenario.regions.iter().enumerate() {
             let mut host = 1u8;
             let mut add = |role: Role, id: u64, nodes: &mut Vec<Node>| {
-                let ip = Ipv4Addr::new(127, 0, r as u8 + 1, host);
+                let ip = Ipv4Addr::new(127, block, r as u8 + 1, host);
                 host += 1;
                 nodes.push(Node {
                     id,

@@ -106,6 +106,7 @@ async fn command(command: Command) -> anyhow::Result<ExitCode> {
                 .collect();
             files.sort();
             let mut reports = Vec::new();
+            let mut errors = Vec::new();
             for file in files {
                 let scenario = Scenario::load(&file)?;
                 let plot = plot_dir
@@ -113,17 +114,23 @@ async fn command(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|d| d.join(format!("chaos-{}.svg", scenario.name)));
                 match run_one(&scenario, plot.as_deref(), false).await {
                     Ok(report) => reports.push(report),
-                    Err(e) => eprintln!("{}: {e:#}", scenario.name),
+                    Err(e) => {
+                        eprintln!("{}: {e:#}", scenario.name);
+                        errors.push(scenario.name.clone());
+                    }
                 }
             }
             print!("{}", Report::markdown_header());
             for report in &reports {
                 print!("{}", report.markdown_row());
             }
+            for name in &errors {
+                println!("| {name} | could not run: see stderr | | | | | | | | | | **no** |");
+            }
             if json {
                 println!("{}", serde_json::to_string(&reports)?);
             }
-            Ok(exit(reports.iter().all(|r| r.passed)))
+            Ok(exit(errors.is_empty() && reports.iter().all(|r| r.passed)))
         }
     }
 }

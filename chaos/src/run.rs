@@ -366,13 +366,23 @@ async fn wait_for(
 ) -> anyhow::Result<Duration> {
     let since = Instant::now();
     loop {
-        if done(&scrape_all(cluster).await) {
+        let snapshot = scrape_all(cluster).await;
+        if done(&snapshot) {
             return Ok(since.elapsed());
         }
-        anyhow::ensure!(
-            since.elapsed() < CONVERGE_LIMIT,
-            "{what}: not within {CONVERGE_LIMIT:?}"
-        );
+        if since.elapsed() >= CONVERGE_LIMIT {
+            let silent: Vec<u64> = cluster
+                .nodes
+                .iter()
+                .filter(|n| n.is_running() && !n.paused && !snapshot.contains_key(&n.id))
+                .map(|n| n.id)
+                .collect();
+            anyhow::bail!(
+                "{what}: not within {CONVERGE_LIMIT:?} (nodes whose metrics did not answer: \
+                 {silent:?}; their logs are node-ID.log under {}, kept with --keep)",
+                cluster.root.display()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
