@@ -315,6 +315,17 @@ impl NetEndpoint {
         self.handle.shared.counters.snapshot()
     }
 
+    /// Bytes waiting in the send queues of every link, and in the fullest one.
+    pub fn send_queue_bytes(&self) -> (u64, u64) {
+        let state = self.handle.shared.lock();
+        state
+            .links
+            .values()
+            .flatten()
+            .map(|link| link.senders.budget.queued() as u64)
+            .fold((0, 0), |(sum, max), queued| (sum + queued, max.max(queued)))
+    }
+
     /// The remote UDP address of the newest live connection to `peer`, if any (where the peer
     /// really is, as opposed to where it claims to be).
     pub fn remote_addr(&self, peer: NodeId) -> Option<SocketAddr> {

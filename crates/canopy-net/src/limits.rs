@@ -137,6 +137,11 @@ impl ByteBudget {
             });
     }
 
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// The budget in bytes.
     pub fn max(&self) -> usize {
         self.max

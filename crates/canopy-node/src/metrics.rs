@@ -92,7 +92,8 @@ async fn respond<B>(request: Request<B>, sources: &MetricsSources) -> Response<F
         Some(group) => Some(group.status().await),
         None => None,
     };
-    match render(&status, &sources.net.stats(), group.as_ref()) {
+    let queues = sources.net.send_queue_bytes();
+    match render(&status, &sources.net.stats(), queues, group.as_ref()) {
         Ok(text) => {
             let mut response = Response::new(Full::new(Bytes::from(text)));
             if let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
@@ -116,6 +117,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 pub fn render(
     status: &NodeStatus,
     net: &NetStats,
+    (queued_bytes, fullest_link_bytes): (u64, u64),
     group: Option<&GroupStatus>,
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("canopy");
@@ -191,6 +193,18 @@ pub fn render(
         status.held_actions as u64,
     );
 
+    gauge(
+        &mut registry,
+        "send_queue_bytes",
+        "Bytes waiting in every link's send queues",
+        queued_bytes,
+    );
+    gauge(
+        &mut registry,
+        "send_queue_fullest_link_bytes",
+        "Bytes waiting in the fullest link's send queues",
+        fullest_link_bytes,
+    );
     let c = &status.counters;
     counter(
         &mut registry,
