@@ -174,6 +174,14 @@ pub fn render(
             nodes as u64,
         );
     }
+    if let Some(depth) = status.view_depth {
+        gauge(
+            &mut registry,
+            "tree_depth",
+            "The deepest node's distance from the root, in the root's view (root only)",
+            u64::from(depth),
+        );
+    }
     gauge(
         &mut registry,
         "handshakes_in_progress",

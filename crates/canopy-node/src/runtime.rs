@@ -95,6 +95,8 @@ pub struct NodeStatus {
     pub counters: NodeCounters,
     /// Nodes in the root's view (root only).
     pub view_size: Option<usize>,
+    /// The deepest node's distance from the root in the root's view (root only).
+    pub view_depth: Option<u32>,
     /// The node serves as root right now (a root candidate leading the Raft group).
     pub serving_root: bool,
     /// The leader a root candidate last heard of.
@@ -713,6 +715,10 @@ impl Runtime {
                 ..self.counters
             },
             view_size: self.node.view().map(|v| v.len()),
+            view_depth: self
+                .node
+                .view()
+                .map(|v| v.iter().map(|(_, e)| e.depth).max().unwrap_or(0)),
             serving_root: self.node.is_serving_root(),
             known_leader: self.node.known_leader(),
             held_actions: self.node.held_actions(),

@@ -112,6 +112,8 @@ fn a_running_node_serves_metrics_and_sigterm_leaves_the_tree() {
     assert!(value(&root_view, "canopy_became_root_total") >= 1.0);
     assert!(value(&root_view, "canopy_links") >= 1.0);
     assert!(root_view.contains_key("canopy_send_queue_bytes"));
+    // The root, the client below it.
+    assert_eq!(value(&root_view, "canopy_tree_depth"), 1.0);
     assert!(root_view.contains_key("canopy_handshake_queue_depth"));
     let identity = &root_view["canopy_node"][0].0;
     assert_eq!(identity["id"], "1");
