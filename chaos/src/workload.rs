@@ -117,25 +117,41 @@ async fn writer(
         n += 1;
         let key = format!("w/{id}/{n:08}");
         let value = format!("{id}:{n}").into_bytes();
-        let sent = started.elapsed();
-        let put = PutRequest {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        let outcome = tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await;
-        let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(Ok(_)) => seen.acked.push(Acked {
-                key,
-                value,
-                at: sent,
-            }),
-            _ => {
-                seen.failed_puts += 1;
-                api = None;
-            }
+        if !put_owed(kv, key, value, started, &observed).await {
+            api = None;
         }
     }
+}
+
+/// Puts `key`; an acknowledged put joins the owed writes, a failed or timed-out one is
+/// counted. Returns whether it was acknowledged.
+async fn put_owed(
+    kv: &mut KvClient<Channel>,
+    key: String,
+    value: Vec<u8>,
+    started: Instant,
+    observed: &Mutex<Observed>,
+) -> bool {
+    let sent = started.elapsed();
+    let put = PutRequest {
+        key: key.clone(),
+        value: value.clone(),
+    };
+    let acked = matches!(
+        tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await,
+        Ok(Ok(_))
+    );
+    let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
+    if acked {
+        seen.acked.push(Acked {
+            key,
+            value,
+            at: sent,
+        });
+    } else {
+        seen.failed_puts += 1;
+    }
+    acked
 }
 
 async fn watcher(
@@ -192,25 +208,7 @@ pub async fn flood(
                 n += 1;
                 let key = format!("w/{id}/flood-{lane}-{n:08}");
                 let value = format!("{id}:flood:{lane}:{n}").into_bytes();
-                let sent = started.elapsed();
-                let put = PutRequest {
-                    key: key.clone(),
-                    value: value.clone(),
-                };
-                let acked = matches!(
-                    tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await,
-                    Ok(Ok(_))
-                );
-                let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
-                if acked {
-                    seen.acked.push(Acked {
-                        key,
-                        value,
-                        at: sent,
-                    });
-                } else {
-                    seen.failed_puts += 1;
-                }
+                put_owed(&mut kv, key, value, started, &observed).await;
             }
             n
         }));
