@@ -62,6 +62,9 @@ pub struct Report {
     pub reconverge_ms_p99: u64,
     pub failover_ms_p50: Option<u64>,
     pub failover_ms_p99: Option<u64>,
+    /// Leader faults timed: under 100, the p99 is their maximum (reconverge likewise, over
+    /// every fault).
+    pub failover_samples: usize,
     pub delivery_ms_p50: f64,
     pub delivery_ms_p99: f64,
     pub delivery_samples: usize,
@@ -119,6 +122,7 @@ impl Report {
             reconverge_ms_p99: percentile(&reconverge, 0.99).unwrap_or(0),
             failover_ms_p50: percentile(&failover, 0.5),
             failover_ms_p99: percentile(&failover, 0.99),
+            failover_samples: failover.len(),
             delivery_ms_p50: percentile_f(&delays, 0.5),
             delivery_ms_p99: percentile_f(&delays, 0.99),
             delivery_samples: delays.len(),
