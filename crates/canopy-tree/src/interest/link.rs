@@ -3,7 +3,7 @@
 use canopy_proto::v1::InterestDelta;
 
 use super::index_set::IndexSet;
-use super::{FilterKey, Holder, InterestTable};
+use super::{FilterKey, Holder, InterestTable, TagSet};
 use crate::{KeyTag, NodeId, BROADCAST_TAG};
 
 /// What a parent knows of one child link's interest: the exact set of the table slots of the
@@ -76,9 +76,19 @@ impl LinkInterest {
         self.slots.insert(slot);
     }
 
-    /// Replaces the link's set with a snapshot.
+    /// Replaces the link's set with a snapshot: withdraws what it no longer names and adds
+    /// what is new (a snapshot repeating the set costs no table change).
     pub(crate) fn replace(&mut self, tags: &[KeyTag], table: &mut InterestTable) {
-        self.clear(table);
+        let named: TagSet = tags.iter().copied().collect();
+        let gone: Vec<KeyTag> = self.tags(table).filter(|t| !named.contains(t)).collect();
+        for tag in gone {
+            if table
+                .slot_of(tag)
+                .is_some_and(|slot| self.slots.remove(slot))
+            {
+                table.decrement(tag, Holder::Child(self.child));
+            }
+        }
         for &tag in tags {
             self.add(tag, table);
         }
